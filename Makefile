@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make serve` and `make test`. Both install what they need first.
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := espeak-ng
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint bench system-deps
+
+serve: $(STAMP)
+	$(VENV)/bin/microemo serve --config config.yaml
+
+test: $(STAMP) system-deps
+	$(VENV)/bin/ruff check stream model tests bench clients
+	$(VENV)/bin/ruff format --check stream model tests bench clients
+	$(VENV)/bin/mypy stream model
+	$(PY) -m pytest -q -ra
+
+# Debian packages the tests use (speech synthesis); installed only when missing.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	python3.11 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0  # the CPU wheel on disk; see pyproject.toml
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)

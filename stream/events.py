@@ -1,0 +1,135 @@
+"""Typed events of a call → versioned JSON (API.md); the JSON Schema lives beside this file."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).parent / "schema" / "events.json"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def is_valid_id(value: object) -> bool:
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallEvent:
+    """Something that happened to one participant of a call; the hub adds v, seq and ts."""
+
+    TYPE: ClassVar[str]
+    call: str
+    participant: str
+
+    def body(self) -> dict[str, Any]:
+        """Type-specific fields as JSON-able values (None fields left out)."""
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in ("call", "participant") and getattr(self, f.name) is not None
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParticipantJoin(CallEvent):
+    TYPE: ClassVar[str] = "participant.join"
+    tracks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParticipantLeave(CallEvent):
+    TYPE: ClassVar[str] = "participant.leave"
+    tracks: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechStart(CallEvent):
+    TYPE: ClassVar[str] = "speech.start"
+    t0: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpeechEnd(CallEvent):
+    TYPE: ClassVar[str] = "speech.end"
+    t0: float
+    t1: float
+
+
+@dataclass(frozen=True, slots=True)
+class WordTiming:
+    word: str
+    start: float
+    end: float
+    prob: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UtteranceEvent(CallEvent):
+    TYPE: ClassVar[str] = "utterance"
+    utterance: str
+    t0: float
+    t1: float
+    text: str
+    words: tuple[WordTiming, ...]
+    lang: str
+    continues: str | None = None  # id of the utterance this one continues after a forced close
+    closed_by: str = "silence"  # silence | max_length | flush (peer gone)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorEvent(CallEvent):
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+    utterance: str | None = None
+
+
+def encode(event: CallEvent, seq: int, ts: float) -> dict[str, Any]:
+    return {
+        "type": event.TYPE,
+        "v": SCHEMA_VERSION,
+        "call": event.call,
+        "participant": event.participant,
+        "seq": seq,
+        "ts": ts,
+        **event.body(),
+    }
+
+
+def reply(type_: str, ts: float, **extra: Any) -> dict[str, Any]:
+    """A message to one subscriber only (pong, or an error about what it sent): no call sequence number."""
+    return {"type": type_, "v": SCHEMA_VERSION, "ts": ts, **extra}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return round(value, 4)
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    return value
+
+
+@cache
+def schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+    return loaded
+
+
+EVENT_TYPES = (
+    "participant.join",
+    "participant.leave",
+    "speech.start",
+    "speech.end",
+    "utterance",
+    "face",
+    "emotion",
+    "error",
+)

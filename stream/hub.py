@@ -1,0 +1,101 @@
+"""Fan-out of call events: stamps seq/ts, one bounded queue per subscriber, sinks such as the MQTT bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from stream import metrics
+from stream.events import CallEvent, encode, reply
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+Sink = Callable[[Message], None]
+
+
+class Subscriber:
+    """One websocket client's view of the hub. `call=None` receives every call (admin)."""
+
+    def __init__(self, call: str | None, types: frozenset[str] | None, maxsize: int) -> None:
+        self.call = call
+        self.types = types
+        self._queue: deque[Message] = deque()
+        self._maxsize = maxsize
+        self._ready = asyncio.Event()
+        self.cut_off = False
+
+    def wants(self, message: Message) -> bool:
+        if self.call is not None and message.get("call") != self.call:
+            return False
+        return self.types is None or message["type"] in self.types
+
+    def offer(self, message: Message) -> None:
+        """Never blocks: a subscriber whose queue is full is cut off, with an error as its last message."""
+        if self.cut_off:
+            return
+        if len(self._queue) >= self._maxsize:
+            self.cut_off = True
+            metrics.SUBSCRIBERS_CUT.inc()
+            self._queue.append(
+                reply(
+                    "error",
+                    time.time(),
+                    code="slow_consumer",
+                    message=f"subscriber fell {self._maxsize} messages behind and is disconnected",
+                )
+            )
+        else:
+            self._queue.append(message)
+        self._ready.set()
+
+    async def next_batch(self) -> list[Message]:
+        await self._ready.wait()
+        self._ready.clear()
+        batch = list(self._queue)
+        self._queue.clear()
+        return batch
+
+
+class Hub:
+    """Events in from every session, out to subscribers and sinks; the only place seq numbers are made."""
+
+    def __init__(self, subscriber_queue: int = 256) -> None:
+        self._subscriber_queue = subscriber_queue
+        self._seq: dict[str, int] = {}
+        self._subscribers: set[Subscriber] = set()
+        self._sinks: list[Sink] = []
+
+    def publish(self, event: CallEvent) -> Message:
+        seq = self._seq.get(event.call, 0) + 1
+        self._seq[event.call] = seq
+        message = encode(event, seq, time.time())
+        metrics.EVENTS.labels(event.TYPE).inc()
+        for subscriber in list(self._subscribers):
+            if subscriber.wants(message):
+                subscriber.offer(message)
+        for sink in self._sinks:
+            try:
+                sink(message)
+            except Exception:  # a broken sink must not stop the others or the analysis
+                log.exception("event sink failed", extra={"call": event.call})
+        return message
+
+    def subscribe(self, call: str | None, types: Iterable[str] | None = None) -> Subscriber:
+        subscriber = Subscriber(call, frozenset(types) if types else None, self._subscriber_queue)
+        self._subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+
+    def add_sink(self, sink: Sink) -> None:
+        self._sinks.append(sink)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)

@@ -1,0 +1,29 @@
+"""Prometheus metrics of the service (served at GET /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+PARTICIPANTS = Gauge("microemo_participants", "Participants connected now", registry=REGISTRY)
+CALLS = Gauge("microemo_calls", "Calls with at least one participant now", registry=REGISTRY)
+EVENTS = Counter("microemo_events_total", "Events published", ["type"], registry=REGISTRY)
+SUBSCRIBERS_CUT = Counter(
+    "microemo_subscribers_cut_total", "Websocket subscribers cut off for falling behind", registry=REGISTRY
+)
+ASR_COMPUTE = Histogram(
+    "microemo_asr_compute_seconds",
+    "Compute time of one transcription",
+    buckets=(0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
+    registry=REGISTRY,
+)
+ASR_AUDIO = Counter("microemo_asr_audio_seconds_total", "Seconds of audio transcribed", registry=REGISTRY)
+ASR_BACKLOG = Gauge("microemo_asr_backlog", "Utterances waiting for transcription", registry=REGISTRY)
+STAGE_LATENCY = Histogram(
+    "microemo_stage_latency_seconds",
+    "From the end of an utterance's speech (wall clock) to its event",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+    registry=REGISTRY,
+)

@@ -1,0 +1,296 @@
+"""The aiohttp app: routes and wiring only (POST /offer, GET /events, schema, health); no analysis here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from stream import metrics
+from stream.audio.asr import Transcriber, TranscriptionService, make_transcriber
+from stream.audio.vad import SileroModel
+from stream.config import Settings
+from stream.events import EVENT_TYPES, SCHEMA_PATH, is_valid_id, reply
+from stream.hub import Hub, Subscriber
+from stream.session import ParticipantSession
+from stream.webrtc import pin_host_addresses, rtc_configuration
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the client caused; becomes `{"error": {"code", "message"}}` with its HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Services:
+    settings: Settings
+    hub: Hub
+    vad_model: SileroModel
+    asr: TranscriptionService
+    sessions: dict[str, ParticipantSession] = field(default_factory=dict)  # by session id
+    websockets: set[web.WebSocketResponse] = field(default_factory=set)
+
+    def forget(self, session: ParticipantSession) -> None:
+        self.sessions.pop(session.id, None)
+        self.count()
+
+    def count(self) -> None:
+        metrics.PARTICIPANTS.set(len(self.sessions))
+        metrics.CALLS.set(len({s.call for s in self.sessions.values()}))
+
+    def find(self, call: str, participant: str) -> ParticipantSession | None:
+        for session in self.sessions.values():
+            if session.call == call and session.participant == participant and not session.closed:
+                return session
+        return None
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+# -- errors --------------------------------------------------------------------------------------
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal server error")
+
+
+# -- ingest --------------------------------------------------------------------------------------
+async def read_offer(request: web.Request) -> dict[str, str]:
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "POST /offer takes application/json")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "body must be a JSON object")
+    for key in ("sdp", "type", "call", "participant"):
+        if key not in body:
+            raise ApiError(400, "missing_field", f"missing field '{key}'")
+    if body["type"] != "offer":
+        raise ApiError(400, "bad_type", "field 'type' must be 'offer'")
+    if not isinstance(body["sdp"], str) or not body["sdp"].strip():
+        raise ApiError(400, "bad_sdp", "field 'sdp' must be a non-empty string")
+    for key in ("call", "participant"):
+        if not is_valid_id(body[key]):
+            raise ApiError(400, f"bad_{key}", f"field '{key}' must match [A-Za-z0-9_-]{{1,64}}")
+    return body
+
+
+async def offer(request: web.Request) -> web.Response:
+    body = await read_offer(request)
+    session = await start_session(request.app[SERVICES], body["call"], body["participant"], body["sdp"])
+    return web.json_response(
+        {
+            "sdp": session.pc.localDescription.sdp,
+            "type": session.pc.localDescription.type,
+            "call": session.call,
+            "participant": session.participant,
+            "session": session.id,
+        }
+    )
+
+
+async def start_session(services: Services, call: str, participant: str, sdp: str) -> ParticipantSession:
+    """Answer an SDP offer with a new ParticipantSession; a bad offer is a 400 and leaves nothing behind."""
+    if services.find(call, participant) is not None:
+        raise ApiError(409, "participant_exists", f"participant '{participant}' is already in call '{call}'")
+    pc = RTCPeerConnection(rtc_configuration(services.settings.webrtc))
+    session = ParticipantSession(
+        call=call,
+        participant=participant,
+        session_id=uuid.uuid4().hex[:16],
+        pc=pc,
+        hub=services.hub,
+        vad_model=services.vad_model,
+        asr=services.asr,
+        vad=services.settings.audio.vad,
+        on_closed=services.forget,
+    )
+    pc.on("track", session.add_track)
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        if pc.connectionState == "connected":
+            session.connected()
+        elif pc.connectionState in ("failed", "closed"):
+            session.close("connection_failed" if pc.connectionState == "failed" else "hangup")
+
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if not session.tracks:
+            raise ValueError("the offer carries no audio or video track")
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as exc:
+        await session.close("error")
+        raise ApiError(400, "bad_sdp", f"cannot use this SDP offer: {exc}") from exc
+    services.sessions[session.id] = session
+    services.count()
+    asyncio.get_running_loop().call_later(
+        services.settings.webrtc.connect_timeout_s, _expire_unconnected, session
+    )
+    session.log.info("session %s answered with tracks %s", session.id, session.tracks)
+    return session
+
+
+def _expire_unconnected(session: ParticipantSession) -> None:
+    if session.pc.connectionState not in ("connected", "closed") and not session.closed:
+        session.close("connect_timeout")
+
+
+# -- events --------------------------------------------------------------------------------------
+def parse_types(raw: str | None) -> frozenset[str] | None:
+    if not raw:
+        return None
+    types = frozenset(t.strip() for t in raw.split(",") if t.strip())
+    unknown = types - set(EVENT_TYPES)
+    if unknown:
+        raise ApiError(400, "bad_types", f"unknown event types: {', '.join(sorted(unknown))}")
+    return types
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    call = request.query.get("call")
+    if call is not None and not is_valid_id(call):
+        raise ApiError(400, "bad_call", "query 'call' must match [A-Za-z0-9_-]{1,64}")
+    types = parse_types(request.query.get("types"))
+    ws = web.WebSocketResponse(heartbeat=20.0)
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, "websocket_required", "GET /events is a websocket endpoint")
+    await ws.prepare(request)
+    subscriber = services.hub.subscribe(call, types)
+    services.websockets.add(ws)
+    writer = asyncio.create_task(_write_events(ws, subscriber, services.settings.hub.send_timeout_s))
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                subscriber.offer(_answer(message.data))
+            elif message.type == WSMsgType.BINARY:
+                subscriber.offer(reply("error", time.time(), code="bad_message", message="send JSON text"))
+            if writer.done():
+                break
+    finally:
+        services.hub.unsubscribe(subscriber)
+        services.websockets.discard(ws)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await ws.close()
+    return ws
+
+
+def _answer(text: str) -> dict[str, Any]:
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError:
+        return reply("error", time.time(), code="bad_message", message='not JSON; send {"type": "ping"}')
+    if isinstance(message, dict) and message.get("type") == "ping":
+        return reply("pong", time.time())
+    return reply("error", time.time(), code="bad_message", message="unknown message; only ping is understood")
+
+
+async def _write_events(ws: web.WebSocketResponse, subscriber: Subscriber, send_timeout_s: float) -> None:
+    while not ws.closed:
+        for message in await subscriber.next_batch():
+            try:
+                await asyncio.wait_for(ws.send_str(json.dumps(message)), send_timeout_s)
+            except (TimeoutError, ConnectionError):
+                subscriber.cut_off = True
+                break
+        if subscriber.cut_off:
+            await ws.close(code=1008, message=b"slow consumer")
+            return
+
+
+# -- info ----------------------------------------------------------------------------------------
+async def event_schema(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(SCHEMA_PATH, headers={"Content-Type": "application/schema+json"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    return web.json_response(
+        {
+            "status": "ok",
+            "stages": {
+                "vad": {"state": "ready", "model": f"silero:{services.vad_model.path.name}"},
+                "asr": {
+                    "state": "ready",
+                    "model": services.asr.transcriber.name,
+                    "backlog": services.asr.backlog,
+                },
+            },
+            "calls": len({s.call for s in services.sessions.values()}),
+            "participants": len(services.sessions),
+            "subscribers": services.hub.subscriber_count,
+        }
+    )
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# -- app -----------------------------------------------------------------------------------------
+def create_app(settings: Settings, *, transcriber: Transcriber | None = None) -> web.Application:
+    """Build the app; models load at start-up. `transcriber` replaces the configured ASR (for tests)."""
+    app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
+    pin_host_addresses(settings.webrtc.host_addresses)
+
+    async def start(app: web.Application) -> None:
+        asr_settings = settings.audio.asr
+        loop = asyncio.get_running_loop()
+        vad_model = await loop.run_in_executor(None, SileroModel, settings.audio.vad.threads)
+        chosen = transcriber
+        if chosen is None:
+            chosen = await loop.run_in_executor(None, make_transcriber, asr_settings)
+        asr = TranscriptionService(chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size)
+        app[SERVICES] = Services(settings, Hub(settings.hub.subscriber_queue), vad_model, asr)
+        log.info("models ready: vad=%s asr=%s", vad_model.path.name, chosen.name)
+
+    async def shutdown(app: web.Application) -> None:
+        services = app[SERVICES]
+        closing = [s.close("server_shutdown") for s in list(services.sessions.values())]
+        await asyncio.wait_for(
+            asyncio.gather(*closing, return_exceptions=True), settings.server.shutdown_timeout_s
+        )
+        for ws in list(services.websockets):
+            await ws.close(code=1001, message=b"server shutdown")
+        await services.asr.close()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(shutdown)
+    app.router.add_post("/offer", offer)
+    app.router.add_get("/events", events)
+    app.router.add_get("/schema/events.json", event_schema)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_text)
+    return app

@@ -1,0 +1,156 @@
+"""Test harness shared by tests and benchmarks: a real server process, a recording websocket subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from websockets.asyncio.client import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # The server must stop by itself if the test run is killed.
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class ServerProcess:
+    """`microemo serve` in a child process on a free loopback port; it dies with its parent."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+        self.port = free_port()
+        config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": self.port}}
+        self.config_path = workdir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "server.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "serve", "--config", str(self.config_path)],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._wait_ready()
+
+    def _wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"server not ready in {timeout_s}s:\n{self.log_path.read_text()}")
+
+    def read_proc(self, field: str) -> int:
+        """A kB figure from /proc/<pid>/status, e.g. VmRSS or VmHWM (peak RSS)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            code = self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._log.close()
+        return code
+
+
+class EventLog:
+    """A websocket subscriber that records every message it receives."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.messages: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # monotonic time each message arrived
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> EventLog:
+        self._ws = await connect(self.url)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._ws.close()
+        if self._task:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _read(self) -> None:
+        async for text in self._ws:
+            self.messages.append(json.loads(text))
+            self.arrivals.append(time.monotonic())
+            self._arrived.set()
+
+    def of_type(self, type_: str, participant: str | None = None) -> list[dict[str, Any]]:
+        return [
+            m
+            for m in self.messages
+            if m["type"] == type_ and (participant is None or m.get("participant") == participant)
+        ]
+
+    async def wait_for(
+        self, type_: str, participant: str | None = None, count: int = 1, timeout: float = 30
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.of_type(type_, participant)) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"{count} {type_} events not received; got {[m['type'] for m in self.messages]}"
+                )
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def send(self, text: str) -> None:
+        await self._ws.send(text)
+
+
+def events_url(server: ServerProcess, call: str, **query: str) -> str:
+    extra = "".join(f"&{k}={v}" for k, v in query.items())
+    return f"ws://127.0.0.1:{server.port}/events?call={call}{extra}"
+
+
+def assert_call_events_valid(
+    messages: list[dict[str, Any]], validator: jsonschema.Draft202012Validator
+) -> None:
+    for message in messages:
+        validator.validate(message)
+    seqs = [m["seq"] for m in messages if "seq" in m]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"seq has gaps or reorders: {seqs}"

@@ -1,0 +1,95 @@
+"""Test media: speech synthesised with espeak-ng, with the true speech boundaries measured from the audio."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+SPEECH_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class Speech:
+    """A mono recording and where each scripted sentence is spoken in it (seconds)."""
+
+    samples: np.ndarray  # (n,) float32, SPEECH_RATE Hz
+    sentences: tuple[str, ...]
+    spans: tuple[tuple[float, float], ...]
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / SPEECH_RATE
+
+    def write_wav(self, path: Path) -> Path:
+        import wave
+
+        pcm = (np.clip(self.samples, -1, 1) * 32767).astype("<i2")
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(SPEECH_RATE)
+            out.writeframes(pcm.tobytes())
+        return path
+
+
+def espeak(sentence: str) -> np.ndarray:
+    """One sentence as 16 kHz float32, trimmed to where the voice is audible."""
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), sentence], check=True)
+        samples = decode_mono(wav)
+    return trim_silence(samples)
+
+
+def decode_mono(path: Path, rate: int = SPEECH_RATE) -> np.ndarray:
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+    parts = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def trim_silence(samples: np.ndarray, frame: int = 160, floor_db: float = -45.0) -> np.ndarray:
+    n = len(samples) // frame
+    rms = np.sqrt(np.mean(samples[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
+    loud = np.flatnonzero(20 * np.log10(rms / rms.max()) > floor_db)
+    return samples[loud[0] * frame : (loud[-1] + 1) * frame]
+
+
+def compose(
+    sentences: list[str], *, lead_s: float = 0.6, pause_s: float = 1.2, tail_s: float = 1.2
+) -> Speech:
+    """Sentences separated by silent pauses; spans are measured, not guessed."""
+    pieces, spans, t = [np.zeros(round(lead_s * SPEECH_RATE), np.float32)], [], lead_s
+    for i, sentence in enumerate(sentences):
+        voice = espeak(sentence)
+        spans.append((t, t + len(voice) / SPEECH_RATE))
+        t += len(voice) / SPEECH_RATE
+        gap = pause_s if i < len(sentences) - 1 else tail_s
+        pieces += [voice, np.zeros(round(gap * SPEECH_RATE), np.float32)]
+        t += gap
+    return Speech(np.concatenate(pieces), tuple(sentences), tuple(spans))
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = normalise(reference).split(), normalise(hypothesis).split()
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[len(hyp)] / max(1, len(ref))
+
+
+def normalise(text: str) -> str:
+    return "".join(c for c in text.lower() if c.isalnum() or c.isspace())

@@ -1,0 +1,145 @@
+"""A real aiortc peer for tests and benchmarks: streams speech paced in real time, and a video pattern."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from stream.webrtc import pin_host_addresses
+
+FRAME_S = 0.02
+
+
+class SpeechTrack(MediaStreamTrack):
+    """Plays samples once in real time, then silence (a live microphone) until stopped."""
+
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray, rate: int) -> None:
+        super().__init__()
+        self._pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+        self._rate = rate
+        self._step = round(rate * FRAME_S)
+        self._index = 0
+        self.started_at: float | None = None  # monotonic time of sample 0
+        self.sent_s = 0.0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.started_at is None:
+            self.started_at = time.monotonic()
+        due = self.started_at + self._index * self._step / self._rate
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        begin = self._index * self._step
+        chunk = self._pcm[begin : begin + self._step]
+        if len(chunk) < self._step:
+            chunk = np.concatenate([chunk, np.zeros(self._step - len(chunk), np.int16)])
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")
+        frame.sample_rate = self._rate
+        frame.pts = begin
+        frame.time_base = fractions.Fraction(1, self._rate)
+        self._index += 1
+        self.sent_s = self._index * FRAME_S
+        return frame
+
+
+class PatternTrack(MediaStreamTrack):
+    """A moving gradient at `fps`, or given RGB frames looped."""
+
+    kind = "video"
+
+    def __init__(
+        self, frames: list[np.ndarray] | None = None, fps: int = 15, size: tuple[int, int] = (320, 240)
+    ):
+        super().__init__()
+        self._frames = frames
+        self._fps = fps
+        self._size = size
+        self._index = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        await asyncio.sleep(max(0.0, self._start + self._index / self._fps - time.monotonic()))
+        if self._frames:
+            image = self._frames[self._index % len(self._frames)]
+        else:
+            w, h = self._size
+            image = np.zeros((h, w, 3), np.uint8)
+            image[..., 0] = (np.arange(w)[None, :] + 4 * self._index) % 256
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = self._index * (90_000 // self._fps)
+        frame.time_base = fractions.Fraction(1, 90_000)
+        self._index += 1
+        return frame
+
+
+class Peer:
+    """One participant joining a call over POST /offer, media on loopback only."""
+
+    def __init__(self, base_url: str, call: str, participant: str) -> None:
+        pin_host_addresses(["127.0.0.1"])
+        self.base_url, self.call, self.participant = base_url, call, participant
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.session: str | None = None
+
+    async def join(self, audio: MediaStreamTrack | None, video: MediaStreamTrack | None = None) -> None:
+        for track in (audio, video):
+            if track is not None:
+                self.pc.addTrack(track)
+        connected = asyncio.Event()
+
+        @self.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if self.pc.connectionState == "connected":
+                connected.set()
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {
+            "sdp": self.pc.localDescription.sdp,
+            "type": "offer",
+            "call": self.call,
+            "participant": self.participant,
+        }
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.base_url}/offer", json=body) as response:
+                answer = await response.json()
+                if response.status != 200:
+                    raise RuntimeError(f"offer refused: {response.status} {answer}")
+        self.session = answer["session"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        await asyncio.wait_for(connected.wait(), 10)
+
+    async def leave(self) -> None:
+        await self.pc.close()
+
+
+async def stream_speech(
+    base_url: str,
+    call: str,
+    participant: str,
+    samples: np.ndarray,
+    rate: int,
+    *,
+    video: bool = True,
+    hang_up_after_s: float | None = None,
+) -> None:
+    """Join, play the speech once in real time (or hang up after `hang_up_after_s`), then leave."""
+    peer = Peer(base_url, call, participant)
+    audio = SpeechTrack(samples, rate)
+    await peer.join(audio, PatternTrack() if video else None)
+    duration = len(samples) / rate if hang_up_after_s is None else hang_up_after_s
+    while audio.sent_s < duration:
+        await asyncio.sleep(0.02)
+    await peer.leave()

@@ -1,0 +1,121 @@
+"""The segmenter on synthetic speech-probability sequences (32 ms chunks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.audio.segmenter import ClosedUtterance, Segmenter, SpeechEnded, SpeechStarted
+
+CHUNK = 512
+DT = CHUNK / 16_000  # 0.032 s
+
+
+def run(probs: list[float], segmenter: Segmenter, flush: bool = False) -> list[object]:
+    events: list[object] = []
+    for i, p in enumerate(probs):
+        samples = np.full(CHUNK, i, dtype=np.float32)  # sample value = chunk index, to check padding
+        events += segmenter.push(i * DT, samples, p)
+    if flush:
+        events += segmenter.flush()
+    return events
+
+
+def seconds(s: float) -> int:
+    return round(s / DT)
+
+
+def utterances(events: list[object]) -> list[ClosedUtterance]:
+    return [e for e in events if isinstance(e, ClosedUtterance)]
+
+
+def test_utterance_closes_after_silence() -> None:
+    probs = [0.0] * seconds(1) + [0.9] * seconds(1.5) + [0.05] * seconds(1)
+    events = run(probs, Segmenter(min_silence_ms=500, speech_pad_ms=0))
+    (utt,) = utterances(events)
+    assert utt.t0 == pytest.approx(1.0, abs=DT)
+    assert utt.t1 == pytest.approx(2.5, abs=DT)
+    assert utt.reason == "silence"
+    # it closed once min_silence had passed, not at the end of the input
+    close_index = events.index(utt)
+    assert isinstance(events[close_index - 1], SpeechEnded)
+
+
+def test_close_happens_exactly_after_min_silence() -> None:
+    segmenter = Segmenter(min_silence_ms=500)
+    speech_end = None
+    for i, p in enumerate([0.9] * seconds(1) + [0.0] * seconds(2)):
+        for event in segmenter.push(i * DT, np.zeros(CHUNK, np.float32), p):
+            if isinstance(event, SpeechEnded):
+                speech_end = (i + 1) * DT  # time at which the chunk that closed it ended
+    assert speech_end is not None
+    assert speech_end - 1.0 == pytest.approx(0.5, abs=DT)
+
+
+def test_hysteresis_keeps_speech_open_between_thresholds() -> None:
+    probs = [0.9] * seconds(0.5) + [0.4] * seconds(1) + [0.9] * seconds(0.5) + [0.0] * seconds(1)
+    (utt,) = utterances(run(probs, Segmenter(threshold=0.5, neg_threshold=0.35, min_silence_ms=300)))
+    assert utt.t1 == pytest.approx(2.0, abs=DT)
+
+
+def test_blips_shorter_than_min_speech_are_ignored() -> None:
+    probs = ([0.0] * seconds(0.6) + [0.95] * 4) * 3 + [0.0] * seconds(1)  # 128 ms blips
+    events = run(probs, Segmenter(min_speech_ms=250, min_silence_ms=300))
+    assert events == []
+
+
+def test_speech_start_is_reported_once_min_speech_is_reached() -> None:
+    segmenter = Segmenter(min_speech_ms=250)
+    first_start_at = None
+    for i, p in enumerate([0.0] * 10 + [0.9] * 20):
+        if any(isinstance(e, SpeechStarted) for e in segmenter.push(i * DT, np.zeros(CHUNK, np.float32), p)):
+            first_start_at = (i + 1) * DT
+            break
+    assert first_start_at is not None
+    assert first_start_at - 10 * DT == pytest.approx(0.25, abs=DT)
+
+
+def test_padding_adds_context_on_both_sides() -> None:
+    probs = [0.0] * seconds(1) + [0.9] * seconds(1) + [0.0] * seconds(1)
+    (utt,) = utterances(run(probs, Segmenter(speech_pad_ms=192, min_silence_ms=500)))
+    assert utt.pcm_t0 == pytest.approx(utt.t0 - 0.192, abs=DT)
+    assert len(utt.pcm) / 16_000 == pytest.approx(utt.t1 - utt.t0 + 2 * 0.192, abs=DT)
+    # the samples are those of the right chunks: chunk index encoded in the sample value
+    assert utt.pcm[0] == seconds(1) - round(0.192 / DT)
+
+
+def test_long_speech_is_force_closed_and_continued() -> None:
+    probs = [0.9] * seconds(5.2) + [0.0] * seconds(1)
+    events = run(probs, Segmenter(max_utterance_s=2.0, min_silence_ms=300))
+    utts = utterances(events)
+    assert [u.reason for u in utts] == ["max_length", "max_length", "silence"]
+    assert all(u.t1 - u.t0 <= 2.0 + DT for u in utts)
+    assert [u.continues for u in utts] == [None, 0, 1]
+    assert sum(isinstance(e, SpeechStarted) for e in events) == 3
+    assert utts[1].t0 == pytest.approx(utts[0].t1)
+
+
+def test_flush_closes_speech_in_progress() -> None:
+    probs = [0.0] * seconds(0.5) + [0.9] * seconds(1.0)
+    events = run(probs, Segmenter(), flush=True)
+    (utt,) = utterances(events)
+    assert utt.reason == "flush"
+    assert utt.t1 == pytest.approx(1.5, abs=DT)
+
+
+def test_flush_drops_an_unconfirmed_blip() -> None:
+    events = run([0.0] * 10 + [0.9] * 3, Segmenter(min_speech_ms=250), flush=True)
+    assert events == []
+
+
+def test_idle_audio_is_not_kept_without_bound() -> None:
+    segmenter = Segmenter(speech_pad_ms=200)
+    run([0.0] * seconds(60), segmenter)
+    assert segmenter._audio.end - segmenter._audio._start < 0.3
+
+
+def test_speech_end_is_dated_where_probability_first_fell_under_threshold() -> None:
+    # silero's probability trails off (0.45 is still "maybe speech") before it drops under neg_threshold
+    probs = [0.9] * seconds(1) + [0.45, 0.45] + [0.05] * seconds(1)
+    (utt,) = utterances(run(probs, Segmenter(threshold=0.5, neg_threshold=0.35, speech_pad_ms=0)))
+    assert utt.t1 == pytest.approx(1.0, abs=DT)
