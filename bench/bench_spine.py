@@ -1,6 +1,6 @@
 """Spine benchmark: N concurrent real peers stream speech in real time; prints latency, ASR RTF, CPU, RSS as JSON.
 
-    python -m bench.bench_spine [--peers 1 2 4] [--cycles 50]
+python -m bench.bench_spine [--peers 1 2 4] [--cycles 50]
 """
 
 from __future__ import annotations

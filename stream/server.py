@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream import metrics
 from stream.audio.asr import Transcriber, TranscriptionService, make_transcriber
