@@ -1,0 +1,66 @@
+"""The transcription queue: a backlog never blocks the event loop, and no utterance is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+
+from stream.audio.asr import Transcript, TranscriptionService
+
+
+class GatedTranscriber:
+    """Stands in for a model that is slower than the speech arriving: blocks until released."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.order: list[float] = []
+
+    def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
+        self.gate.wait(10)
+        self.order.append(t_offset)
+        return Transcript(text=f"utterance at {t_offset}", words=(), lang="en")
+
+
+async def test_backlog_keeps_the_loop_responsive_and_drops_nothing() -> None:
+    transcriber = GatedTranscriber()
+    service = TranscriptionService(transcriber, workers=1, queue_size=2)
+    pcm = np.zeros(16_000, np.float32)
+    jobs = [asyncio.create_task(service.transcribe(pcm, float(i))) for i in range(10)]  # 5x the queue
+
+    ticks, started = 0, time.monotonic()
+    while time.monotonic() - started < 0.3:  # the loop keeps running while everything waits on the model
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert ticks >= 15
+    assert not any(job.done() for job in jobs)
+    assert service.backlog == 2
+
+    transcriber.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*jobs), 10)
+    assert [r.text for r in results] == [f"utterance at {float(i)}" for i in range(10)]
+    assert transcriber.order == [float(i) for i in range(10)]
+    await service.close()
+
+
+async def test_a_failing_transcription_is_reported_to_its_caller_only() -> None:
+    class Broken:
+        name = "broken"
+
+        def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
+            if t_offset == 1.0:
+                raise RuntimeError("model crashed")
+            return Transcript(text="ok", words=(), lang="en")
+
+    service = TranscriptionService(Broken(), workers=1, queue_size=4)
+    pcm = np.zeros(1600, np.float32)
+    outcomes = await asyncio.gather(
+        *(service.transcribe(pcm, float(i)) for i in range(3)), return_exceptions=True
+    )
+    assert isinstance(outcomes[1], RuntimeError)
+    assert [o.text for o in (outcomes[0], outcomes[2])] == ["ok", "ok"]  # type: ignore[union-attr]
+    await service.close()
