@@ -10,32 +10,39 @@ from pathlib import Path
 
 from aiohttp import web
 
-from stream.config import ConfigError, Settings, load_settings
+from stream.config import ConfigError, LoggingSettings, Settings, load_settings
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(call)s/%(participant)s] %(message)s"
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(call)s/%(participant)s] %(message)s"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="microemo", description="Real-time emotion analysis for live calls")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the WebRTC + events server")
-    serve.add_argument(
-        "--config", type=Path, default=Path("config.yaml"), help="YAML config (default: config.yaml)"
-    )
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML config (default: config.yaml)")
     args = parser.parse_args(argv)
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, defaults={"call": "-", "participant": "-"}))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"microemo: {exc}", file=sys.stderr)
         return 2
+    setup_logging(settings.logging)
     if args.command == "serve":
         return serve_forever(settings)
     return 2
+
+
+def setup_logging(settings: LoggingSettings) -> None:
+    """Text for people, or one JSON object a line for log pipelines; call/participant ride along."""
+    handler = logging.StreamHandler()
+    if settings.format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_LOG_FORMAT, defaults={"call": "-", "participant": "-"}))
+    logging.basicConfig(level=settings.level, handlers=[handler], force=True)
 
 
 def serve_forever(settings: Settings) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -103,11 +105,68 @@ class HubSettings(Section):
     send_timeout_s: float = Field(2.0, gt=0)
 
 
+RIGHT = re.compile(r"^(publish|admin|subscribe:(\*|[A-Za-z0-9_-]{1,64}))$")
+
+
+class AuthSettings(Section):
+    # token → rights: publish, subscribe:<call>, subscribe:*, admin. No tokens: auth off (loopback only).
+    tokens: dict[str, list[str]] = {}
+
+    @field_validator("tokens")
+    @classmethod
+    def _valid_rights(cls, tokens: dict[str, list[str]]) -> dict[str, list[str]]:
+        for token, rights in tokens.items():
+            if len(token) < 16:
+                raise ValueError("every token must be at least 16 characters long")
+            for right in rights:
+                if not RIGHT.match(right):
+                    raise ValueError(
+                        f"unknown right {right!r} (publish, subscribe:<call>, subscribe:*, admin)"
+                    )
+        return tokens
+
+
+class MqttSettings(Section):
+    enabled: bool = False
+    url: str = "mqtt://127.0.0.1:1883"  # mqtt://[user:password@]host[:port]
+    prefix: str = Field("microemo", pattern=r"^[A-Za-z0-9_/-]+$")
+    client_id: str | None = None
+    queue_size: int = Field(10_000, ge=1)  # events held while the broker is away; oldest dropped beyond
+    retain_types: list[str] = ["emotion"]  # the latest event of these types is retained per participant
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, url: str) -> str:
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+        return url
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
     audio: AudioSettings = AudioSettings()
     hub: HubSettings = HubSettings()
+    auth: AuthSettings = AuthSettings()
+    mqtt: MqttSettings = MqttSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _auth_off_loopback(self) -> Settings:
+        if not self.server.is_loopback and not self.auth.tokens:
+            raise ValueError(
+                f"server.host {self.server.host} is not a loopback address: set auth.tokens "
+                "(health data must not be served without tokens)"
+            )
+        return self
 
 
 class ConfigError(Exception):

@@ -27,3 +27,7 @@ STAGE_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
     registry=REGISTRY,
 )
+MQTT_QUEUE = Gauge("microemo_mqtt_queue", "Events waiting for the MQTT broker", registry=REGISTRY)
+MQTT_DROPPED = Counter(
+    "microemo_mqtt_dropped_total", "Events dropped because the MQTT broker was away too long", registry=REGISTRY
+)

@@ -1,4 +1,4 @@
-"""The aiohttp app: routes and wiring only (POST /offer, GET /events, schema, health); no analysis here."""
+"""The aiohttp app: routes and wiring only (ingest, events, schema, health, metrics, page); no analysis here."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -17,29 +18,28 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from stream import metrics
 from stream.audio.asr import Transcriber, TranscriptionService, make_transcriber
 from stream.audio.vad import SileroModel
+from stream.auth import Authorizer
 from stream.config import Settings
+from stream.errors import ApiError
 from stream.events import EVENT_TYPES, SCHEMA_PATH, is_valid_id, reply
 from stream.hub import Hub, Subscriber
+from stream.mqtt import MqttBridge
 from stream.session import ParticipantSession
 from stream.webrtc import pin_host_addresses, rtc_configuration
 
 log = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    """An error the client caused; becomes `{"error": {"code", "message"}}` with its HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
+ID_RULE = "[A-Za-z0-9_-]{1,64}"
 
 
 @dataclass
 class Services:
     settings: Settings
+    auth: Authorizer
     hub: Hub
     vad_model: SileroModel
     asr: TranscriptionService
+    mqtt: MqttBridge | None = None
     sessions: dict[str, ParticipantSession] = field(default_factory=dict)  # by session id
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
 
@@ -62,8 +62,10 @@ SERVICES = web.AppKey("services", Services)
 
 
 # -- errors --------------------------------------------------------------------------------------
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
 @web.middleware
@@ -72,7 +74,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
         return response
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -82,7 +84,13 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return error_response(500, "internal", "internal server error")
 
 
-# -- ingest --------------------------------------------------------------------------------------
+def valid_id(value: object, name: str) -> str:
+    if not is_valid_id(value):
+        raise ApiError(400, f"bad_{name}", f"'{name}' must match {ID_RULE}")
+    return str(value)
+
+
+# -- ingest: POST /offer (JSON) ------------------------------------------------------------------
 async def read_offer(request: web.Request) -> dict[str, str]:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "POST /offer takes application/json")
@@ -99,15 +107,16 @@ async def read_offer(request: web.Request) -> dict[str, str]:
         raise ApiError(400, "bad_type", "field 'type' must be 'offer'")
     if not isinstance(body["sdp"], str) or not body["sdp"].strip():
         raise ApiError(400, "bad_sdp", "field 'sdp' must be a non-empty string")
-    for key in ("call", "participant"):
-        if not is_valid_id(body[key]):
-            raise ApiError(400, f"bad_{key}", f"field '{key}' must match [A-Za-z0-9_-]{{1,64}}")
+    valid_id(body["call"], "call")
+    valid_id(body["participant"], "participant")
     return body
 
 
 async def offer(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    services.auth.require_publish(request)
     body = await read_offer(request)
-    session = await start_session(request.app[SERVICES], body["call"], body["participant"], body["sdp"])
+    session = await start_session(services, body["call"], body["participant"], body["sdp"])
     return web.json_response(
         {
             "sdp": session.pc.localDescription.sdp,
@@ -119,6 +128,44 @@ async def offer(request: web.Request) -> web.Response:
     )
 
 
+# -- ingest: WHIP (RFC 9725) ---------------------------------------------------------------------
+async def whip_offer(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    services.auth.require_publish(request)
+    call = valid_id(request.match_info["call"], "call")
+    participant = valid_id(request.query.get("participant") or f"whip-{uuid.uuid4().hex[:8]}", "participant")
+    if request.content_type != "application/sdp":
+        raise ApiError(415, "unsupported_media_type", "WHIP takes an application/sdp offer")
+    sdp = await request.text()
+    if not sdp.strip():
+        raise ApiError(400, "bad_sdp", "empty SDP offer")
+    session = await start_session(services, call, participant, sdp)
+    return web.Response(
+        status=201,
+        text=session.pc.localDescription.sdp,
+        content_type="application/sdp",
+        headers={"Location": f"/whip/{call}/{session.id}", "X-Participant": participant},
+    )
+
+
+async def whip_delete(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    services.auth.require_publish(request)
+    session = services.sessions.get(request.match_info["session"])
+    if session is None or session.call != request.match_info["call"]:
+        raise ApiError(404, "unknown_session", "no such WHIP session")
+    await session.close("whip_delete")
+    return web.json_response({"session": session.id, "state": "closed"})
+
+
+async def whip_patch(request: web.Request) -> web.Response:
+    # RFC 9725 §4.3.1: a server that does not support trickle ICE or ICE restarts answers 405.
+    raise ApiError(
+        405, "not_supported", "trickle ICE and ICE restarts are not supported; send a complete offer"
+    )
+
+
+# -- sessions ------------------------------------------------------------------------------------
 async def start_session(services: Services, call: str, participant: str, sdp: str) -> ParticipantSession:
     """Answer an SDP offer with a new ParticipantSession; a bad offer is a 400 and leaves nothing behind."""
     if services.find(call, participant) is not None:
@@ -166,7 +213,7 @@ def _expire_unconnected(session: ParticipantSession) -> None:
         session.close("connect_timeout")
 
 
-# -- events --------------------------------------------------------------------------------------
+# -- events websocket ----------------------------------------------------------------------------
 def parse_types(raw: str | None) -> frozenset[str] | None:
     if not raw:
         return None
@@ -180,8 +227,9 @@ def parse_types(raw: str | None) -> frozenset[str] | None:
 async def events(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     call = request.query.get("call")
-    if call is not None and not is_valid_id(call):
-        raise ApiError(400, "bad_call", "query 'call' must match [A-Za-z0-9_-]{1,64}")
+    if call is not None:
+        valid_id(call, "call")
+    services.auth.require_subscribe(request, call)
     types = parse_types(request.query.get("types"))
     ws = web.WebSocketResponse(heartbeat=20.0)
     if not ws.can_prepare(request).ok:
@@ -237,17 +285,20 @@ async def event_schema(request: web.Request) -> web.FileResponse:
 
 async def healthz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
+    stages: dict[str, Any] = {
+        "vad": {"state": "ready", "model": f"silero:{services.vad_model.path.name}"},
+        "asr": {"state": "ready", "model": services.asr.transcriber.name, "backlog": services.asr.backlog},
+        "mqtt": services.mqtt.health() if services.mqtt else {"state": "disabled"},
+    }
+    degraded = [
+        name for name, stage in stages.items() if stage["state"] not in ("ready", "connected", "disabled")
+    ]
     return web.json_response(
         {
-            "status": "ok",
-            "stages": {
-                "vad": {"state": "ready", "model": f"silero:{services.vad_model.path.name}"},
-                "asr": {
-                    "state": "ready",
-                    "model": services.asr.transcriber.name,
-                    "backlog": services.asr.backlog,
-                },
-            },
+            "status": "degraded" if degraded else "ok",
+            "degraded": degraded,
+            "auth": services.auth.enabled,
+            "stages": stages,
             "calls": len({s.call for s in services.sessions.values()}),
             "participants": len(services.sessions),
             "subscribers": services.hub.subscriber_count,
@@ -256,7 +307,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics_text(request: web.Request) -> web.Response:
+    request.app[SERVICES].auth.require_admin(request)
     return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_ROOT / "index.html")
 
 
 # -- app -----------------------------------------------------------------------------------------
@@ -273,8 +329,20 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         if chosen is None:
             chosen = await loop.run_in_executor(None, make_transcriber, asr_settings)
         asr = TranscriptionService(chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size)
-        app[SERVICES] = Services(settings, Hub(settings.hub.subscriber_queue), vad_model, asr)
-        log.info("models ready: vad=%s asr=%s", vad_model.path.name, chosen.name)
+        services = Services(
+            settings, Authorizer(settings.auth.tokens), Hub(settings.hub.subscriber_queue), vad_model, asr
+        )
+        if settings.mqtt.enabled:
+            services.mqtt = MqttBridge(settings.mqtt)
+            services.hub.add_sink(services.mqtt.offer)
+            services.mqtt.start()
+        app[SERVICES] = services
+        log.info(
+            "models ready: vad=%s asr=%s; auth %s",
+            vad_model.path.name,
+            chosen.name,
+            "on" if services.auth.enabled else "off",
+        )
 
     async def shutdown(app: web.Application) -> None:
         services = app[SERVICES]
@@ -284,13 +352,21 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         )
         for ws in list(services.websockets):
             await ws.close(code=1001, message=b"server shutdown")
+        if services.mqtt:
+            await services.mqtt.close()
         await services.asr.close()
 
     app.on_startup.append(start)
     app.on_shutdown.append(shutdown)
     app.router.add_post("/offer", offer)
+    app.router.add_post("/whip/{call}", whip_offer)
+    app.router.add_delete("/whip/{call}/{session}", whip_delete)
+    app.router.add_patch("/whip/{call}/{session}", whip_patch)
     app.router.add_get("/events", events)
     app.router.add_get("/schema/events.json", event_schema)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_text)
+    if WEB_ROOT.is_dir():  # the browser call page (clients/web), no build step
+        app.router.add_get("/", index)
+        app.router.add_static("/web/", WEB_ROOT, show_index=False)
     return app

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -51,7 +52,8 @@ class ServerProcess:
             preexec_fn=_die_with_parent,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = bool(config["server"].get("tls_cert"))
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         self._wait_ready()
 
     def _wait_ready(self, timeout_s: float = 60) -> None:
@@ -60,12 +62,23 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                with urllib.request.urlopen(
+                    f"{self.url}/healthz", timeout=1, context=self.ssl_context()
+                ) as response:
                     if response.status == 200:
                         return
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError(f"server not ready in {timeout_s}s:\n{self.log_path.read_text()}")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Tests trust the self-signed certificate they made."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
 
     def read_proc(self, field: str) -> int:
         """A kB figure from /proc/<pid>/status, e.g. VmRSS or VmHWM (peak RSS)."""
@@ -87,6 +100,43 @@ class ServerProcess:
             code = self.process.wait()
         self._log.close()
         return code
+
+
+class Mosquitto:
+    """A real mosquitto broker on a free loopback port; restartable on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
+        )
+        self.log_path = workdir / "mosquitto.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(
+                ["mosquitto", "-c", str(self.config)], stdout=log, stderr=log, preexec_fn=_die_with_parent
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
 
 
 class EventLog:

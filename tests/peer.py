@@ -88,9 +88,10 @@ class PatternTrack(MediaStreamTrack):
 class Peer:
     """One participant joining a call over POST /offer, media on loopback only."""
 
-    def __init__(self, base_url: str, call: str, participant: str) -> None:
+    def __init__(self, base_url: str, call: str, participant: str, token: str | None = None) -> None:
         pin_host_addresses(["127.0.0.1"])
         self.base_url, self.call, self.participant = base_url, call, participant
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.session: str | None = None
 
@@ -113,7 +114,7 @@ class Peer:
             "participant": self.participant,
         }
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.base_url}/offer", json=body) as response:
+            async with http.post(f"{self.base_url}/offer", json=body, headers=self.headers) as response:
                 answer = await response.json()
                 if response.status != 200:
                     raise RuntimeError(f"offer refused: {response.status} {answer}")
@@ -123,6 +124,34 @@ class Peer:
 
     async def leave(self) -> None:
         await self.pc.close()
+
+
+class WhipPeer(Peer):
+    """Joins over WHIP (RFC 9725): a complete SDP offer POSTed as application/sdp, 201 + Location back."""
+
+    location: str | None = None
+
+    async def join(self, audio: MediaStreamTrack | None, video: MediaStreamTrack | None = None) -> None:
+        for track in (audio, video):
+            if track is not None:
+                self.pc.addTrack(track)
+        await self.pc.setLocalDescription(await self.pc.createOffer())  # aiortc gathers before returning
+        url = f"{self.base_url}/whip/{self.call}?participant={self.participant}"
+        headers = {**self.headers, "Content-Type": "application/sdp"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=self.pc.localDescription.sdp, headers=headers) as response:
+                text = await response.text()
+                if response.status != 201:
+                    raise RuntimeError(f"WHIP offer refused: {response.status} {text}")
+                assert response.content_type == "application/sdp"
+                self.location = response.headers["Location"]
+        self.session = self.location.rsplit("/", 1)[-1]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
+
+    async def delete(self) -> int:
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(f"{self.base_url}{self.location}", headers=self.headers) as response:
+                return response.status
 
 
 async def stream_speech(
