@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="microemo", description="Real-time emotion analysis for live calls")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the WebRTC + events server")
-    serve.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML config (default: config.yaml)")
+    serve.add_argument(
+        "--config", type=Path, default=Path("config.yaml"), help="YAML config (default: config.yaml)"
+    )
     args = parser.parse_args(argv)
 
     try:

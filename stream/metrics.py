@@ -29,5 +29,7 @@ STAGE_LATENCY = Histogram(
 )
 MQTT_QUEUE = Gauge("microemo_mqtt_queue", "Events waiting for the MQTT broker", registry=REGISTRY)
 MQTT_DROPPED = Counter(
-    "microemo_mqtt_dropped_total", "Events dropped because the MQTT broker was away too long", registry=REGISTRY
+    "microemo_mqtt_dropped_total",
+    "Events dropped because the MQTT broker was away too long",
+    registry=REGISTRY,
 )
