@@ -100,6 +100,26 @@ class AudioSettings(Section):
     asr: AsrSettings = AsrSettings()
 
 
+class MicroSettings(Section):
+    max_ms: float = Field(500.0, gt=0)  # episodes shorter than this are micro-expressions, longer macro
+    baseline_s: float = Field(2.0, gt=0)  # rolling per-region baseline of the resting face
+    min_amplitude: float = Field(0.05, gt=0)  # rise above baseline to open an episode (blendshape units) ...
+    open_z: float = Field(5.0, gt=0)  # ... and in robust standard deviations of the resting signal
+
+
+class VideoSettings(Section):
+    enabled: bool = True
+    analysis_fps: float = Field(15.0, gt=0, le=60)
+    queue_frames: int = Field(8, ge=1)  # frames waiting for analysis; the oldest are dropped beyond
+    max_width: int = Field(640, ge=64)  # larger frames are scaled down before analysis
+    backend: Literal["mediapipe", "insightface"] = "mediapipe"
+    model_path: str | None = None  # mediapipe: a .task bundle (None: the shipped one); insightface: pack dir
+    num_faces: int = Field(2, ge=1)
+    track_ttl_s: float = Field(1.0, gt=0)  # a face unseen this long loses its track id
+    buffer_s: float = Field(30.0, gt=1)  # face history kept per participant
+    micro: MicroSettings = MicroSettings()
+
+
 class HubSettings(Section):
     subscriber_queue: int = Field(256, ge=1)
     send_timeout_s: float = Field(2.0, gt=0)
@@ -154,6 +174,7 @@ class Settings(Section):
     server: ServerSettings = ServerSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
     audio: AudioSettings = AudioSettings()
+    video: VideoSettings = VideoSettings()
     hub: HubSettings = HubSettings()
     auth: AuthSettings = AuthSettings()
     mqtt: MqttSettings = MqttSettings()

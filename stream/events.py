@@ -27,11 +27,12 @@ class CallEvent:
     participant: str
 
     def body(self) -> dict[str, Any]:
-        """Type-specific fields as JSON-able values (None fields left out)."""
+        """Type-specific fields as JSON-able values (optional fields left out when None)."""
         return {
             f.name: _plain(getattr(self, f.name))
             for f in fields(self)
-            if f.name not in ("call", "participant") and getattr(self, f.name) is not None
+            if f.name not in ("call", "participant")
+            and not (f.default is None and getattr(self, f.name) is None)
         }
 
 
@@ -83,6 +84,18 @@ class UtteranceEvent(CallEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FaceEvent(CallEvent):
+    TYPE: ClassVar[str] = "face"
+    utterance: str
+    t0: float
+    t1: float
+    track: int | None  # the speaking face's track id; None when no face was seen
+    present: float  # fraction of analysed frames in [t0, t1] with that face
+    regions: dict[str, dict[str, float]]  # per AU-named signal: mean, max, std over the window
+    micro: list[dict[str, Any]]  # episodes: region, onset, apex, offset, intensity, kind
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorEvent(CallEvent):
     TYPE: ClassVar[str] = "error"
     code: str
@@ -110,6 +123,8 @@ def reply(type_: str, ts: float, **extra: Any) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, float):
         return round(value, 4)
     if hasattr(value, "__dataclass_fields__"):

@@ -33,3 +33,15 @@ MQTT_DROPPED = Counter(
     "Events dropped because the MQTT broker was away too long",
     registry=REGISTRY,
 )
+DROPPED_FRAMES = Counter(
+    "microemo_dropped_frames_total",
+    "Video frames dropped because face analysis fell behind",
+    registry=REGISTRY,
+)
+STAGE_SECONDS = Histogram(
+    "microemo_stage_seconds",
+    "Compute time of one run of a stage (faces: per analysed frame)",
+    ["stage"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+    registry=REGISTRY,
+)

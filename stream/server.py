@@ -19,12 +19,13 @@ from stream import metrics
 from stream.audio.asr import Transcriber, TranscriptionService, make_transcriber
 from stream.audio.vad import SileroModel
 from stream.auth import Authorizer
-from stream.config import Settings
+from stream.config import Settings, VideoSettings
 from stream.errors import ApiError
 from stream.events import EVENT_TYPES, SCHEMA_PATH, is_valid_id, reply
 from stream.hub import Hub, Subscriber
 from stream.mqtt import MqttBridge
 from stream.session import ParticipantSession
+from stream.video.faces import make_face_analyzer
 from stream.webrtc import pin_host_addresses, rtc_configuration
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ async def start_session(services: Services, call: str, participant: str, sdp: st
         vad_model=services.vad_model,
         asr=services.asr,
         vad=services.settings.audio.vad,
+        video=services.settings.video,
         on_closed=services.forget,
     )
     pc.on("track", session.add_track)
@@ -288,6 +290,9 @@ async def healthz(request: web.Request) -> web.Response:
     stages: dict[str, Any] = {
         "vad": {"state": "ready", "model": f"silero:{services.vad_model.path.name}"},
         "asr": {"state": "ready", "model": services.asr.transcriber.name, "backlog": services.asr.backlog},
+        "faces": {"state": "ready", "backend": services.settings.video.backend}
+        if services.settings.video.enabled
+        else {"state": "disabled"},
         "mqtt": services.mqtt.health() if services.mqtt else {"state": "disabled"},
     }
     degraded = [
@@ -315,6 +320,10 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_ROOT / "index.html")
 
 
+def check_face_model(video: VideoSettings) -> None:
+    make_face_analyzer(video.backend, video.model_path, video.num_faces).close()
+
+
 # -- app -----------------------------------------------------------------------------------------
 def create_app(settings: Settings, *, transcriber: Transcriber | None = None) -> web.Application:
     """Build the app; models load at start-up. `transcriber` replaces the configured ASR (for tests)."""
@@ -329,6 +338,8 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         if chosen is None:
             chosen = await loop.run_in_executor(None, make_transcriber, asr_settings)
         asr = TranscriptionService(chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size)
+        if settings.video.enabled:  # a missing face model stops start-up here, not in the first call
+            await loop.run_in_executor(None, check_face_model, settings.video)
         services = Services(
             settings, Authorizer(settings.auth.tokens), Hub(settings.hub.subscriber_queue), vad_model, asr
         )

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
@@ -15,10 +18,11 @@ from stream.audio.asr import TranscriptionService
 from stream.audio.resample import Resampler
 from stream.audio.segmenter import ClosedUtterance, Segmenter, SegmentEvent, SpeechEnded, SpeechStarted
 from stream.audio.vad import SileroModel
-from stream.config import VadSettings
+from stream.config import VadSettings, VideoSettings
 from stream.events import (
     CallEvent,
     ErrorEvent,
+    FaceEvent,
     ParticipantJoin,
     ParticipantLeave,
     SpeechEnd,
@@ -27,9 +31,12 @@ from stream.events import (
     WordTiming,
 )
 from stream.hub import Hub
+from stream.video.stage import VideoAnalysis
 
 log = logging.getLogger(__name__)
 _DRAIN_TIMEOUT_S = 0.5
+_VIDEO_CATCH_UP_S = 1.0  # how long an utterance's face window waits for frames still in analysis
+_NO_FACE: dict[str, Any] = {"track": None, "present": 0.0, "regions": {}, "micro": []}
 
 
 class ParticipantSession:
@@ -46,6 +53,7 @@ class ParticipantSession:
         vad_model: SileroModel,
         asr: TranscriptionService,
         vad: VadSettings,
+        video: VideoSettings | None = None,
         on_closed: Callable[[ParticipantSession], Awaitable[None] | None] | None = None,
     ) -> None:
         self.call, self.participant, self.id = call, participant, session_id
@@ -61,6 +69,10 @@ class ParticipantSession:
             speech_pad_ms=vad.speech_pad_ms,
             max_utterance_s=vad.max_utterance_s,
         )
+        self._video_settings = video if video is not None and video.enabled else None
+        self._video: VideoAnalysis | None = None
+        # (media time, speech probability) of recent VAD chunks: which face is speaking follows the VAD
+        self._speech_probs: deque[tuple[float, float]] = deque(maxlen=4096)
         self._on_closed = on_closed
         self._clock_start: float | None = None  # monotonic wall time of the first frame
         self._media_tasks: list[asyncio.Task[None]] = []
@@ -74,7 +86,7 @@ class ParticipantSession:
     # -- wiring -----------------------------------------------------------------------------------
     def add_track(self, track: MediaStreamTrack) -> None:
         self.tracks.append(track.kind)
-        consume = self._consume_audio if track.kind == "audio" else self._drain_video
+        consume = self._consume_audio if track.kind == "audio" else self._consume_video
         task = asyncio.create_task(consume(track))
         task.add_done_callback(self._media_task_done)
         self._media_tasks.append(task)
@@ -113,17 +125,27 @@ class ParticipantSession:
                 resampler = Resampler(t_offset=self._media_time_offset())
             for chunk in resampler.push(frame):  # type: ignore[arg-type]
                 for scored, speech_prob in vad.push(chunk):
+                    self._speech_probs.append((scored.t, speech_prob))
                     for event in self._segmenter.push(scored.t, scored.samples, speech_prob):
                         self._on_segment(event)
 
-    async def _drain_video(self, track: MediaStreamTrack) -> None:
-        # Frames must be pulled, or aiortc queues them without bound; the video path analyses them.
+    async def _consume_video(self, track: MediaStreamTrack) -> None:
+        # Frames are pulled even when video analysis is off, or aiortc queues them without bound.
+        if self._video_settings is not None:
+            name = f"{self.call}/{self.participant}"
+            self._video = await asyncio.to_thread(VideoAnalysis, self._video_settings, name)
+        first_pts_s: float | None = None
+        t_offset = 0.0
         while True:
             try:
-                await track.recv()
+                frame = await track.recv()
             except MediaStreamError:
                 return
-            self._media_time_offset()
+            pts_s = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else 0.0
+            if first_pts_s is None:
+                first_pts_s, t_offset = pts_s, self._media_time_offset()
+            if self._video is not None:
+                self._video.offer(frame, t_offset + pts_s - first_pts_s)  # type: ignore[arg-type]
 
     def _media_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -169,6 +191,34 @@ class ParticipantSession:
                 )
             )
             self._observe_latency("utterance", utterance.t1)
+            if self._video_settings is not None:
+                await self._emit_face(uid, utterance)
+
+    async def _emit_face(self, uid: str, utterance: ClosedUtterance) -> None:
+        """The face evidence over the utterance, once the frames up to its end have been analysed."""
+        fields = _NO_FACE
+        video = self._video
+        if video is not None:
+            deadline = time.monotonic() + _VIDEO_CATCH_UP_S
+            while video.analysed_until < utterance.t1 and not video.idle and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            probs = np.array([p for p in self._speech_probs if utterance.t0 <= p[0] <= utterance.t1]).reshape(
+                -1, 2
+            )
+            window = await asyncio.to_thread(
+                video.window, utterance.t0, utterance.t1, probs[:, 0], probs[:, 1]
+            )
+            fields = window.to_event_fields()
+        self._publish(
+            FaceEvent(
+                call=self.call,
+                participant=self.participant,
+                utterance=uid,
+                t0=utterance.t0,
+                t1=utterance.t1,
+                **fields,
+            )
+        )
 
     # -- ending -----------------------------------------------------------------------------------
     async def _close(self, reason: str) -> None:
@@ -182,6 +232,8 @@ class ParticipantSession:
             self._on_segment(event)
         self._closed_utterances.put_nowait(None)
         await self._transcribing  # every closed utterance is transcribed and emitted before the leave
+        if self._video is not None:
+            await asyncio.to_thread(self._video.close)
         if self._joined:
             self._publish(
                 ParticipantLeave(
