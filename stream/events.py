@@ -95,6 +95,27 @@ class FaceEvent(CallEvent):
     micro: list[dict[str, Any]]  # episodes: region, onset, apex, offset, intensity, kind
 
 
+@dataclass(frozen=True, slots=True)
+class Label:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmotionEvent(CallEvent):
+    TYPE: ClassVar[str] = "emotion"
+    utterance: str
+    t0: float
+    t1: float
+    labels: tuple[Label, ...]  # open vocabulary, best first
+    valence: float  # -1..1
+    arousal: float  # -1..1
+    explanation: str
+    clues: dict[str, Any]  # {"visual", "audio", "text"}: each null when that modality was absent
+    final: bool  # False when a refined estimate (the LLM stage) will follow
+    model: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorEvent(CallEvent):
     TYPE: ClassVar[str] = "error"

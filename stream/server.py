@@ -20,6 +20,7 @@ from stream.audio.asr import Transcriber, TranscriptionService, make_transcriber
 from stream.audio.vad import SileroModel
 from stream.auth import Authorizer
 from stream.config import Settings, VideoSettings
+from stream.emotion import EmotionStage
 from stream.errors import ApiError
 from stream.events import EVENT_TYPES, SCHEMA_PATH, is_valid_id, reply
 from stream.hub import Hub, Subscriber
@@ -41,6 +42,7 @@ class Services:
     vad_model: SileroModel
     asr: TranscriptionService
     mqtt: MqttBridge | None = None
+    emotion: EmotionStage | None = None
     sessions: dict[str, ParticipantSession] = field(default_factory=dict)  # by session id
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
 
@@ -182,6 +184,7 @@ async def start_session(services: Services, call: str, participant: str, sdp: st
         asr=services.asr,
         vad=services.settings.audio.vad,
         video=services.settings.video,
+        emotion=services.emotion,
         on_closed=services.forget,
     )
     pc.on("track", session.add_track)
@@ -293,6 +296,9 @@ async def healthz(request: web.Request) -> web.Response:
         "faces": {"state": "ready", "backend": services.settings.video.backend}
         if services.settings.video.enabled
         else {"state": "disabled"},
+        "emotion": {"state": "ready", "model": services.emotion.name}
+        if services.emotion
+        else {"state": "disabled"},
         "mqtt": services.mqtt.health() if services.mqtt else {"state": "disabled"},
     }
     degraded = [
@@ -347,6 +353,8 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
             services.mqtt = MqttBridge(settings.mqtt)
             services.hub.add_sink(services.mqtt.offer)
             services.mqtt.start()
+        if settings.emotion.enabled:
+            services.emotion = await loop.run_in_executor(None, EmotionStage, settings.emotion)
         app[SERVICES] = services
         log.info(
             "models ready: vad=%s asr=%s; auth %s",
@@ -366,6 +374,8 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         if services.mqtt:
             await services.mqtt.close()
         await services.asr.close()
+        if services.emotion:
+            services.emotion.close()
 
     app.on_startup.append(start)
     app.on_shutdown.append(shutdown)

@@ -13,16 +13,21 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
+from model.cues import UtteranceInput
+from model.prosody import SpeakerBaseline
 from stream import metrics
-from stream.audio.asr import TranscriptionService
+from stream.audio.asr import Transcript, TranscriptionService
 from stream.audio.resample import Resampler
 from stream.audio.segmenter import ClosedUtterance, Segmenter, SegmentEvent, SpeechEnded, SpeechStarted
 from stream.audio.vad import SileroModel
 from stream.config import VadSettings, VideoSettings
+from stream.emotion import EmotionStage, face_evidence
 from stream.events import (
     CallEvent,
+    EmotionEvent,
     ErrorEvent,
     FaceEvent,
+    Label,
     ParticipantJoin,
     ParticipantLeave,
     SpeechEnd,
@@ -31,6 +36,7 @@ from stream.events import (
     WordTiming,
 )
 from stream.hub import Hub
+from stream.video.micro import FaceWindow
 from stream.video.stage import VideoAnalysis
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,7 @@ class ParticipantSession:
         asr: TranscriptionService,
         vad: VadSettings,
         video: VideoSettings | None = None,
+        emotion: EmotionStage | None = None,
         on_closed: Callable[[ParticipantSession], Awaitable[None] | None] | None = None,
     ) -> None:
         self.call, self.participant, self.id = call, participant, session_id
@@ -73,6 +80,8 @@ class ParticipantSession:
         self._video: VideoAnalysis | None = None
         # (media time, speech probability) of recent VAD chunks: which face is speaking follows the VAD
         self._speech_probs: deque[tuple[float, float]] = deque(maxlen=4096)
+        self._emotion = emotion
+        self._speaker = SpeakerBaseline()  # this participant's usual pitch and loudness
         self._on_closed = on_closed
         self._clock_start: float | None = None  # monotonic wall time of the first frame
         self._media_tasks: list[asyncio.Task[None]] = []
@@ -191,12 +200,14 @@ class ParticipantSession:
                 )
             )
             self._observe_latency("utterance", utterance.t1)
-            if self._video_settings is not None:
-                await self._emit_face(uid, utterance)
+            window = await self._emit_face(uid, utterance) if self._video_settings is not None else None
+            if self._emotion is not None:
+                await self._emit_emotion(uid, utterance, transcript, window)
 
-    async def _emit_face(self, uid: str, utterance: ClosedUtterance) -> None:
+    async def _emit_face(self, uid: str, utterance: ClosedUtterance) -> FaceWindow | None:
         """The face evidence over the utterance, once the frames up to its end have been analysed."""
         fields = _NO_FACE
+        window = None
         video = self._video
         if video is not None:
             deadline = time.monotonic() + _VIDEO_CATCH_UP_S
@@ -219,6 +230,46 @@ class ParticipantSession:
                 **fields,
             )
         )
+        return window
+
+    async def _emit_emotion(
+        self, uid: str, utterance: ClosedUtterance, transcript: Transcript, window: FaceWindow | None
+    ) -> None:
+        assert self._emotion is not None
+        request = UtteranceInput(
+            utterance=uid,
+            t0=utterance.t0,
+            t1=utterance.t1,
+            text=transcript.text,
+            words=tuple(
+                (w.word, w.start - utterance.pcm_t0, w.end - utterance.pcm_t0) for w in transcript.words
+            ),
+            pcm=utterance.pcm,
+            face=face_evidence(window) if window is not None else None,
+        )
+        try:
+            clues, estimate = await self._emotion.estimate(request, self._speaker)
+        except Exception as exc:
+            self.log.exception("emotion estimate failed for %s", uid)
+            self._publish(self._error("emotion_failed", f"emotion estimate failed: {exc!r}", uid))
+            return
+        self._publish(
+            EmotionEvent(
+                call=self.call,
+                participant=self.participant,
+                utterance=uid,
+                t0=utterance.t0,
+                t1=utterance.t1,
+                labels=tuple(Label(word, score) for word, score in estimate.labels),
+                valence=estimate.valence,
+                arousal=estimate.arousal,
+                explanation=estimate.explanation,
+                clues=clues.to_event(),
+                final=True,
+                model=estimate.model,
+            )
+        )
+        self._observe_latency("emotion", utterance.t1)
 
     # -- ending -----------------------------------------------------------------------------------
     async def _close(self, reason: str) -> None:

@@ -38,6 +38,17 @@ async def test_two_sentences_become_two_transcribed_utterances(
         assert start - 0.3 <= utterance["words"][0]["start"] <= utterance["words"][-1]["end"] <= end + 0.3
         assert utterance["lang"] == "en"
 
+    # each utterance is followed by its face evidence, then one emotion estimate
+    emotions = events.of_type("emotion")
+    assert [e["utterance"] for e in emotions] == [u["utterance"] for u in utterances]
+    for emotion in emotions:
+        order = [m["type"] for m in events.messages if m.get("utterance") == emotion["utterance"]]
+        assert order == ["utterance", "face", "emotion"]
+        assert emotion["labels"] and emotion["final"] is True and emotion["model"]
+        assert emotion["clues"]["text"]["transcript"]
+        assert emotion["clues"]["visual"] is None  # the test pattern has no face: absent, not imputed
+    assert emotions[0]["valence"] > 0  # "That is wonderful news, I love it."
+
 
 async def test_peer_dropped_mid_utterance_gets_its_partial_utterance_then_leave(
     server: ServerProcess, speech: Speech, event_validator

@@ -1,0 +1,275 @@
+"""Fast emotion estimate: each modality votes in one affect space, weighted by its confidence; CPU, offline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.cues import AudioClues, Clues, TextClues, VisualClues
+from model.vocabulary import EXPRESSION_FAMILY, FAMILIES, EmotionVocabulary, RankWeights
+
+NAMED_EMOTION_BOOST = 0.6
+MODEL_NAME = "fast-fusion/1 (text: vader+minilm; face: au+fer; voice: parselmouth)"
+
+# Where each basic family sits on valence/arousal (-1..1), after Russell's circumplex.
+FAMILY_AFFECT: dict[str, tuple[float, float]] = {
+    "happiness": (0.8, 0.35),
+    "surprise": (0.2, 0.8),
+    "anger": (-0.7, 0.7),
+    "fear": (-0.7, 0.6),
+    "disgust": (-0.7, 0.25),
+    "sadness": (-0.7, -0.45),
+    "neutral": (0.0, -0.1),
+}
+
+# Action units read as each basic family (Ekman's prototypes). Mouth opening and lip press are left out:
+# while a person speaks they move with articulation, not with emotion.
+AU_FAMILIES: dict[str, dict[str, float]] = {
+    "happiness": {"lip_corner_pull": 1.0, "cheek_raise": 0.5},
+    "sadness": {"lip_corner_depress": 1.0, "brow_inner_raise": 0.3},
+    "anger": {"brow_lower": 1.0, "eye_tighten": 0.3, "lip_press": 0.2},
+    "surprise": {"brow_inner_raise": 0.5, "brow_outer_raise": 0.5, "eye_widen": 0.7},
+    "fear": {"brow_inner_raise": 0.3, "eye_widen": 0.5},
+    "disgust": {"lip_corner_depress": 0.3, "eye_tighten": 0.3},
+}
+
+REGION_WORDS = {
+    "brow_inner_raise": "inner brow raise",
+    "brow_outer_raise": "brow raise",
+    "brow_lower": "lowered brows",
+    "eye_widen": "widened eyes",
+    "eye_tighten": "tightened eyes",
+    "cheek_raise": "cheek raise",
+    "lip_corner_pull": "smile",
+    "lip_corner_depress": "lip corners down",
+    "lip_press": "pressed lips",
+    "mouth_open": "mouth open",
+    "jaw_drop": "jaw drop",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AffectVote:
+    """One modality's reading; weights are its confidence (0: no say) for each quantity."""
+
+    modality: str
+    valence: float
+    arousal: float
+    valence_weight: float
+    arousal_weight: float
+    families: Mapping[str, float]  # a distribution over FAMILIES, or empty
+    family_weight: float
+    evidence: tuple[str, ...]  # human-readable clues, with their times
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionEstimate:
+    labels: tuple[tuple[str, float], ...]  # open-vocabulary labels, scores summing to 1
+    valence: float
+    arousal: float
+    families: dict[str, float]
+    explanation: str
+    model: str
+    votes: tuple[AffectVote, ...]
+
+
+class FastEstimator:
+    def __init__(
+        self,
+        vocabulary: EmotionVocabulary,
+        top_k: int = 5,
+        text_weight: float = 0.8,
+        temperature: float = 0.08,
+    ) -> None:
+        self.vocabulary = vocabulary
+        self.top_k = top_k
+        self._weights = RankWeights(text=text_weight)
+        self._temperature = temperature
+        self.name = MODEL_NAME
+
+    def estimate(self, clues: Clues) -> EmotionEstimate:
+        votes = tuple(
+            vote
+            for vote in (text_vote(clues.text), visual_vote(clues.visual), audio_vote(clues.audio))
+            if vote is not None
+        )
+        valence = _weighted(votes, "valence")
+        arousal = _weighted(votes, "arousal")
+        families = _fused_families(votes)
+        embedding = clues.text.embedding if clues.text is not None else None
+        ranked = self.vocabulary.rank(
+            valence,
+            arousal,
+            families or None,
+            embedding,
+            top_k=self.top_k,
+            weights=self._weights,
+            boost=self._named_emotions(clues.text),
+        )
+        scores = np.array([s for _, s in ranked])
+        probs = np.exp((scores - scores.max()) / self._temperature)
+        probs /= probs.sum()
+        labels = tuple((word, round(float(p), 4)) for (word, _), p in zip(ranked, probs, strict=True))
+        return EmotionEstimate(
+            labels=labels,
+            valence=valence,
+            arousal=arousal,
+            families=families,
+            explanation=explain(labels[0][0], valence, arousal, votes, clues.text),
+            model=self.name,
+            votes=votes,
+        )
+
+    def _named_emotions(self, text: TextClues | None) -> dict[str, float]:
+        """Emotion words the speaker used ("I'm worried") are strong clues, unless negated."""
+        if text is None or text.affect.negations:
+            return {}
+        words = {w.strip(".,!?;:\"'").lower() for w in text.text.split()}
+        return {w: NAMED_EMOTION_BOOST for w in words if w in self.vocabulary}
+
+
+# -- votes ---------------------------------------------------------------------------------------
+def text_vote(text: TextClues | None) -> AffectVote | None:
+    if text is None:
+        return None
+    affect = text.affect
+    arousal = 0.25 * affect.exclamations + 0.15 * len(affect.intensifiers) - 0.15 * len(affect.hedges)
+    evidence = [f'words: "{_shorten(text.text)}"']
+    if affect.hedges:
+        evidence.append(f"hedging ({', '.join(affect.hedges)})")
+    if affect.negations:
+        evidence.append(f"negation ({', '.join(affect.negations)})")
+    return AffectVote(
+        modality="text",
+        valence=affect.valence,
+        arousal=float(np.clip(arousal, -1, 1)),
+        valence_weight=0.25 + 0.6 * abs(affect.valence),  # sentiment-free words say little about valence
+        arousal_weight=0.2 if arousal else 0.05,
+        families={},
+        family_weight=0.0,
+        evidence=tuple(evidence),
+    )
+
+
+def visual_vote(visual: VisualClues | None) -> AffectVote | None:
+    if visual is None:
+        return None
+    au_scores = {
+        family: sum(weight * visual.action_units.get(au, 0.0) for au, weight in aus.items())
+        for family, aus in AU_FAMILIES.items()
+    }
+    strength = max(au_scores.values(), default=0.0)
+    au_scores["neutral"] = max(0.0, 0.15 - strength)
+    families = _normalised(au_scores)
+    if visual.expression:
+        fer = _normalised({EXPRESSION_FAMILY[k]: v for k, v in visual.expression.items()})
+        families = _normalised({f: 0.6 * families.get(f, 0.0) + 0.4 * fer.get(f, 0.0) for f in FAMILIES})
+    valence, arousal = _affect_of(families)
+    confidence = visual.present * (0.4 + 0.6 * min(1.0, strength / 0.3))
+    evidence = [
+        f"{REGION_WORDS.get(e.region, e.region)} {e.onset:.2f}–{e.offset:.2f} s ({e.kind})"
+        for e in visual.episodes
+    ]
+    if visual.expression:
+        top = max(visual.expression, key=visual.expression.__getitem__)
+        evidence.append(f"face looks {top} ({visual.expression[top]:.2f})")
+    return AffectVote(
+        modality="visual",
+        valence=valence,
+        arousal=arousal,
+        valence_weight=confidence,
+        arousal_weight=0.6 * confidence,
+        families=families,
+        family_weight=confidence,
+        evidence=tuple(evidence),
+    )
+
+
+def audio_vote(audio: AudioClues | None) -> AffectVote | None:
+    if audio is None:
+        return None
+    p = audio.prosody
+    relative = p.energy_rel_db is not None and p.f0_rel_semitones is not None
+    arousal = 0.0
+    evidence = []
+    if relative:
+        arousal += 0.08 * (p.energy_rel_db or 0.0) + 0.06 * (p.f0_rel_semitones or 0.0)
+        if (p.energy_rel_db or 0.0) > 3:
+            evidence.append("louder than usual")
+        elif (p.energy_rel_db or 0.0) < -3:
+            evidence.append("quieter than usual")
+        if (p.f0_rel_semitones or 0.0) > 2:
+            evidence.append("higher pitch than usual")
+        elif (p.f0_rel_semitones or 0.0) < -2:
+            evidence.append("lower pitch than usual")
+    if p.f0_range_semitones is not None:
+        arousal += 0.04 * (p.f0_range_semitones - 5.0)  # lively intonation spans more than ~5 semitones
+    if p.speech_rate_wps is not None:
+        arousal += 0.15 * (p.speech_rate_wps - 2.5)
+        if p.speech_rate_wps > 3.5:
+            evidence.append(f"fast speech ({p.speech_rate_wps:.1f} words/s)")
+        elif p.speech_rate_wps < 1.8:
+            evidence.append(f"slow speech ({p.speech_rate_wps:.1f} words/s)")
+    slope = p.f0_slope_st_per_s or 0.0
+    if slope > 4:
+        evidence.append("rising pitch")
+    elif slope < -4:
+        evidence.append("falling pitch")
+    if p.pause_total_s > 0.8:
+        evidence.append(f"pauses ({p.pause_total_s:.1f} s)")
+    return AffectVote(
+        modality="audio",
+        valence=float(np.clip(0.02 * slope, -0.3, 0.3)),  # intonation says little about valence
+        arousal=float(np.clip(arousal, -1, 1)),
+        valence_weight=0.1,
+        arousal_weight=0.4 if relative else 0.2,
+        families={},
+        family_weight=0.0,
+        evidence=tuple(evidence),
+    )
+
+
+# -- fusion --------------------------------------------------------------------------------------
+def _weighted(votes: tuple[AffectVote, ...], quantity: str) -> float:
+    weights = np.array([getattr(v, f"{quantity}_weight") for v in votes])
+    if not len(votes) or weights.sum() <= 0:
+        return 0.0
+    values = np.array([getattr(v, quantity) for v in votes])
+    return float(np.clip((weights * values).sum() / weights.sum(), -1, 1))
+
+
+def _fused_families(votes: tuple[AffectVote, ...]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for vote in votes:
+        for family, p in vote.families.items():
+            total[family] = total.get(family, 0.0) + vote.family_weight * p
+    return _normalised(total) if total else {}
+
+
+def _normalised(scores: Mapping[str, float]) -> dict[str, float]:
+    total = sum(max(0.0, s) for s in scores.values())
+    if total <= 0:
+        return {}
+    return {k: max(0.0, s) / total for k, s in scores.items()}
+
+
+def _affect_of(families: Mapping[str, float]) -> tuple[float, float]:
+    valence = sum(p * FAMILY_AFFECT[f][0] for f, p in families.items())
+    arousal = sum(p * FAMILY_AFFECT[f][1] for f, p in families.items())
+    return float(valence), float(arousal)
+
+
+def explain(
+    label: str, valence: float, arousal: float, votes: tuple[AffectVote, ...], text: TextClues | None
+) -> str:
+    clues = [e for vote in votes for e in vote.evidence]
+    reading = f"{label} (valence {valence:+.2f}, arousal {arousal:+.2f})"
+    if not clues:
+        return f"{reading}: no clear clue in face, voice or words"
+    return f"{reading}: " + "; ".join(clues)
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
