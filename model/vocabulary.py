@@ -56,7 +56,11 @@ class SentenceEncoder:
         if not sentences:
             return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
         vectors = model.encode(
-            list(sentences), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+            list(sentences),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,  # it would draw a bar per utterance in the server's log
         )
         return np.asarray(vectors, dtype=np.float32)
 

@@ -19,9 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="microemo", description="Real-time emotion analysis for live calls")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the WebRTC + events server")
-    serve.add_argument(
-        "--config", type=Path, default=Path("config.yaml"), help="YAML config (default: config.yaml)"
+    serve.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML config")
+    analyze = commands.add_parser(
+        "analyze", help="run a recorded call (any file PyAV reads) through the pipeline"
     )
+    analyze.add_argument("file", type=Path)
+    analyze.add_argument("--out", type=Path, help="events as JSON lines (default: FILE.events.jsonl)")
+    analyze.add_argument("--plot", type=Path, help="also draw the timeline to this PNG")
+    analyze.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML config")
+    analyze.add_argument("--call", default="offline")
+    analyze.add_argument("--participant", default="speaker")
     args = parser.parse_args(argv)
 
     try:
@@ -32,7 +39,35 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.logging)
     if args.command == "serve":
         return serve_forever(settings)
-    return 2
+    return analyze_file(args, settings)
+
+
+def analyze_file(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from stream.events import is_valid_id
+    from stream.offline import analyze
+    from stream.plot import plot_timeline
+
+    if not args.file.is_file():
+        print(f"microemo: no such file: {args.file}", file=sys.stderr)
+        return 2
+    if not (is_valid_id(args.call) and is_valid_id(args.participant)):
+        print("microemo: --call and --participant must match [A-Za-z0-9_-]{1,64}", file=sys.stderr)
+        return 2
+    out = args.out or args.file.with_name(args.file.name + ".events.jsonl")
+    try:
+        messages = asyncio.run(
+            analyze(args.file, settings, out, call=args.call, participant=args.participant)
+        )
+    except (RuntimeError, ValueError, OSError) as exc:  # PyAV's errors are OSErrors
+        print(f"microemo: {exc}", file=sys.stderr)
+        return 1
+    counts = {t: sum(m["type"] == t for m in messages) for t in ("utterance", "face", "emotion")}
+    print(f"{len(messages)} events ({counts}) written to {out}")
+    if args.plot:
+        print(f"timeline drawn to {plot_timeline(messages, args.plot, title=args.file.name)}")
+    return 0
 
 
 def setup_logging(settings: LoggingSettings) -> None:

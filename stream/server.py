@@ -119,11 +119,11 @@ async def offer(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     services.auth.require_publish(request)
     body = await read_offer(request)
-    session = await start_session(services, body["call"], body["participant"], body["sdp"])
+    session, answer = await start_session(services, body["call"], body["participant"], body["sdp"])
     return web.json_response(
         {
-            "sdp": session.pc.localDescription.sdp,
-            "type": session.pc.localDescription.type,
+            "sdp": answer.sdp,
+            "type": answer.type,
             "call": session.call,
             "participant": session.participant,
             "session": session.id,
@@ -142,10 +142,10 @@ async def whip_offer(request: web.Request) -> web.Response:
     sdp = await request.text()
     if not sdp.strip():
         raise ApiError(400, "bad_sdp", "empty SDP offer")
-    session = await start_session(services, call, participant, sdp)
+    session, answer = await start_session(services, call, participant, sdp)
     return web.Response(
         status=201,
-        text=session.pc.localDescription.sdp,
+        text=answer.sdp,
         content_type="application/sdp",
         headers={"Location": f"/whip/{call}/{session.id}", "X-Participant": participant},
     )
@@ -169,7 +169,9 @@ async def whip_patch(request: web.Request) -> web.Response:
 
 
 # -- sessions ------------------------------------------------------------------------------------
-async def start_session(services: Services, call: str, participant: str, sdp: str) -> ParticipantSession:
+async def start_session(
+    services: Services, call: str, participant: str, sdp: str
+) -> tuple[ParticipantSession, RTCSessionDescription]:
     """Answer an SDP offer with a new ParticipantSession; a bad offer is a 400 and leaves nothing behind."""
     if services.find(call, participant) is not None:
         raise ApiError(409, "participant_exists", f"participant '{participant}' is already in call '{call}'")
@@ -207,14 +209,14 @@ async def start_session(services: Services, call: str, participant: str, sdp: st
     services.sessions[session.id] = session
     services.count()
     asyncio.get_running_loop().call_later(
-        services.settings.webrtc.connect_timeout_s, _expire_unconnected, session
+        services.settings.webrtc.connect_timeout_s, _expire_unconnected, session, pc
     )
     session.log.info("session %s answered with tracks %s", session.id, session.tracks)
-    return session
+    return session, pc.localDescription
 
 
-def _expire_unconnected(session: ParticipantSession) -> None:
-    if session.pc.connectionState not in ("connected", "closed") and not session.closed:
+def _expire_unconnected(session: ParticipantSession, pc: RTCPeerConnection) -> None:
+    if pc.connectionState not in ("connected", "closed") and not session.closed:
         session.close("connect_timeout")
 
 

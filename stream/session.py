@@ -20,6 +20,7 @@ from stream.audio.asr import Transcript, TranscriptionService
 from stream.audio.resample import Resampler
 from stream.audio.segmenter import ClosedUtterance, Segmenter, SegmentEvent, SpeechEnded, SpeechStarted
 from stream.audio.vad import SileroModel
+from stream.clock import LiveClock, MediaClock
 from stream.config import VadSettings, VideoSettings
 from stream.emotion import EmotionStage, face_evidence
 from stream.events import (
@@ -54,13 +55,15 @@ class ParticipantSession:
         call: str,
         participant: str,
         session_id: str,
-        pc: RTCPeerConnection,
+        pc: RTCPeerConnection | None,
         hub: Hub,
         vad_model: SileroModel,
         asr: TranscriptionService,
         vad: VadSettings,
         video: VideoSettings | None = None,
         emotion: EmotionStage | None = None,
+        clock: MediaClock | None = None,
+        media_end_reason: str = "hangup",
         on_closed: Callable[[ParticipantSession], Awaitable[None] | None] | None = None,
     ) -> None:
         self.call, self.participant, self.id = call, participant, session_id
@@ -83,7 +86,8 @@ class ParticipantSession:
         self._emotion = emotion
         self._speaker = SpeakerBaseline()  # this participant's usual pitch and loudness
         self._on_closed = on_closed
-        self._clock_start: float | None = None  # monotonic wall time of the first frame
+        self._clock: MediaClock = clock or LiveClock()
+        self._media_end_reason = media_end_reason
         self._media_tasks: list[asyncio.Task[None]] = []
         self._closed_utterances: asyncio.Queue[ClosedUtterance | None] = asyncio.Queue()
         self._transcribing = asyncio.create_task(self._transcribe_loop())
@@ -116,12 +120,6 @@ class ParticipantSession:
         return self._closing is not None
 
     # -- media ------------------------------------------------------------------------------------
-    def _media_time_offset(self) -> float:
-        now = time.monotonic()
-        if self._clock_start is None:
-            self._clock_start = now
-        return now - self._clock_start
-
     async def _consume_audio(self, track: MediaStreamTrack) -> None:
         resampler: Resampler | None = None
         vad = self._vad_model.stream()
@@ -131,7 +129,7 @@ class ParticipantSession:
             except MediaStreamError:
                 return
             if resampler is None:
-                resampler = Resampler(t_offset=self._media_time_offset())
+                resampler = Resampler(t_offset=self._clock.track_offset(_pts_seconds(frame)))
             for chunk in resampler.push(frame):  # type: ignore[arg-type]
                 for scored, speech_prob in vad.push(chunk):
                     self._speech_probs.append((scored.t, speech_prob))
@@ -150,18 +148,23 @@ class ParticipantSession:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            pts_s = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else 0.0
+            pts_s = _pts_seconds(frame)
             if first_pts_s is None:
-                first_pts_s, t_offset = pts_s, self._media_time_offset()
-            if self._video is not None:
-                self._video.offer(frame, t_offset + pts_s - first_pts_s)  # type: ignore[arg-type]
+                first_pts_s, t_offset = pts_s, self._clock.track_offset(pts_s)
+            if self._video is None:
+                continue
+            t = t_offset + pts_s - first_pts_s
+            if not self._clock.realtime:  # a file waits for the analysis instead of dropping frames
+                while self._video.backlog >= self._video_settings.queue_frames:  # type: ignore[union-attr]
+                    await asyncio.sleep(0.005)
+            self._video.offer(frame, t)  # type: ignore[arg-type]
 
     def _media_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             self.log.error("media stage failed: %r", task.exception())
             self._publish(self._error("media_failed", f"media processing failed: {task.exception()!r}"))
         if all(t.done() for t in self._media_tasks) and not self.closed:
-            self.close("hangup")
+            self.close(self._media_end_reason)
 
     # -- segments and transcripts -----------------------------------------------------------------
     def _on_segment(self, event: SegmentEvent) -> None:
@@ -291,10 +294,11 @@ class ParticipantSession:
                     call=self.call, participant=self.participant, tracks=self._kinds(), reason=reason
                 )
             )
-        try:
-            await self.pc.close()
-        except Exception:
-            self.log.exception("closing the peer connection failed")
+        if self.pc is not None:
+            try:
+                await self.pc.close()
+            except Exception:
+                self.log.exception("closing the peer connection failed")
         self.log.info("session closed (%s)", reason)
         if self._on_closed is not None:
             result = self._on_closed(self)
@@ -303,8 +307,9 @@ class ParticipantSession:
 
     def _observe_latency(self, stage: str, speech_end_t: float) -> None:
         """Wall time since the speech ended; media time maps to wall time for a live, real-time stream."""
-        if self._clock_start is not None:
-            metrics.STAGE_LATENCY.labels(stage).observe(time.monotonic() - self._clock_start - speech_end_t)
+        elapsed = self._clock.since_media_time(speech_end_t)
+        if elapsed is not None:
+            metrics.STAGE_LATENCY.labels(stage).observe(elapsed)
 
     # -- helpers ----------------------------------------------------------------------------------
     def _kinds(self) -> tuple[str, ...]:
@@ -317,3 +322,8 @@ class ParticipantSession:
 
     def _publish(self, event: CallEvent) -> None:
         self._hub.publish(event)
+
+
+def _pts_seconds(frame: object) -> float:
+    pts, time_base = getattr(frame, "pts", None), getattr(frame, "time_base", None)
+    return float(pts * time_base) if pts is not None and time_base else 0.0

@@ -93,3 +93,31 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
 def normalise(text: str) -> str:
     return "".join(c for c in text.lower() if c.isalnum() or c.isspace())
+
+
+def write_recording(path: Path, frames: list[np.ndarray], fps: int, speech: Speech) -> Path:
+    """A recorded call: H.264 video of `frames` (looped to the speech's length) with AAC audio, in one MP4."""
+    import fractions
+
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        audio = container.add_stream("aac", rate=SPEECH_RATE, layout="mono")
+        for i in range(int(speech.duration * fps)):
+            frame = av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")
+            frame.pts, frame.time_base = i, fractions.Fraction(1, fps)
+            container.mux(video.encode(frame))
+        step = 1024
+        pcm = (np.clip(speech.samples, -1, 1) * 32767).astype(np.int16)
+        for begin in range(0, len(pcm), step):
+            block = pcm[begin : begin + step]
+            frame = av.AudioFrame.from_ndarray(block[None, :], format="s16", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = (
+                SPEECH_RATE,
+                begin,
+                fractions.Fraction(1, SPEECH_RATE),
+            )
+            container.mux(audio.encode(frame))
+        container.mux(video.encode(None))
+        container.mux(audio.encode(None))
+    return path

@@ -61,6 +61,10 @@ class VideoAnalysis:
     def idle(self) -> bool:
         return not self._queue
 
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
+
     def window(self, t0: float, t1: float, speech_t: np.ndarray, speech_prob: np.ndarray) -> FaceWindow:
         """Face evidence of the speaking face over [t0, t1] (the track whose mouth follows the VAD)."""
         tracks = self.buffer.tracks(t0, t1)
