@@ -1,4 +1,4 @@
-"""Print a call's events as they happen: `python clients/ws_subscriber.py CALL [--url ws://127.0.0.1:8080]`."""
+"""Print a call's events as they happen: `python -m clients.ws_subscriber CALL [--url ws://127.0.0.1:8080]`."""
 
 from __future__ import annotations
 
