@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
 import ssl
 import sys
@@ -19,16 +21,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="microemo", description="Real-time emotion analysis for live calls")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the WebRTC + events server")
-    serve.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML config")
     analyze = commands.add_parser(
         "analyze", help="run a recorded call (any file PyAV reads) through the pipeline"
     )
     analyze.add_argument("file", type=Path)
     analyze.add_argument("--out", type=Path, help="events as JSON lines (default: FILE.events.jsonl)")
     analyze.add_argument("--plot", type=Path, help="also draw the timeline to this PNG")
-    analyze.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML config")
     analyze.add_argument("--call", default="offline")
     analyze.add_argument("--participant", default="speaker")
+    evaluate = commands.add_parser(
+        "eval", help="score the pipeline on labelled clips (a JSON-lines manifest)"
+    )
+    evaluate.add_argument("manifest", type=Path)
+    evaluate.add_argument("--top-k", type=int, default=3, help="labels per clip compared with the truth")
+    for command in (serve, analyze, evaluate):
+        command.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML config")
     args = parser.parse_args(argv)
 
     try:
@@ -39,14 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.logging)
     if args.command == "serve":
         return serve_forever(settings)
+    if args.command == "eval":
+        return evaluate_clips(args, settings)
     return analyze_file(args, settings)
 
 
 def analyze_file(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
-
     from stream.events import is_valid_id
-    from stream.offline import analyze
+    from stream.offline import OfflinePipeline
     from stream.plot import plot_timeline
 
     if not args.file.is_file():
@@ -56,17 +63,35 @@ def analyze_file(args: argparse.Namespace, settings: Settings) -> int:
         print("microemo: --call and --participant must match [A-Za-z0-9_-]{1,64}", file=sys.stderr)
         return 2
     out = args.out or args.file.with_name(args.file.name + ".events.jsonl")
+    pipeline = OfflinePipeline(settings)
     try:
-        messages = asyncio.run(
-            analyze(args.file, settings, out, call=args.call, participant=args.participant)
-        )
+        messages = asyncio.run(pipeline.analyze(args.file, out, call=args.call, participant=args.participant))
     except (RuntimeError, ValueError, OSError) as exc:  # PyAV's errors are OSErrors
         print(f"microemo: {exc}", file=sys.stderr)
         return 1
+    finally:
+        pipeline.close()
     counts = {t: sum(m["type"] == t for m in messages) for t in ("utterance", "face", "emotion")}
     print(f"{len(messages)} events ({counts}) written to {out}")
     if args.plot:
         print(f"timeline drawn to {plot_timeline(messages, args.plot, title=args.file.name)}")
+    return 0
+
+
+def evaluate_clips(args: argparse.Namespace, settings: Settings) -> int:
+    from model.evaluation import ManifestError
+    from stream.evaluate import evaluate_manifest
+    from stream.offline import OfflinePipeline
+
+    pipeline = OfflinePipeline(settings)
+    try:
+        report = asyncio.run(evaluate_manifest(pipeline, args.manifest, top_k=args.top_k))
+    except (ManifestError, RuntimeError, ValueError, OSError) as exc:
+        print(f"microemo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        pipeline.close()
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -83,58 +83,69 @@ class FileSource:
                 track.frames.put(None)
 
 
-async def analyze(
-    path: Path, settings: Settings, out: Path, *, call: str = "offline", participant: str = "speaker"
-) -> list[dict[str, Any]]:
-    """Run the file through VAD, ASR, faces and emotion; write every event to `out` (JSONL) and return them."""
-    loop = asyncio.get_running_loop()
-    source = FileSource(path)
-    vad_model = await loop.run_in_executor(None, SileroModel, settings.audio.vad.threads)
-    transcriber = await loop.run_in_executor(None, make_transcriber, settings.audio.asr)
-    asr = TranscriptionService(
-        transcriber, workers=settings.audio.asr.workers, queue_size=settings.audio.asr.queue_size
-    )
-    emotion = (
-        await loop.run_in_executor(None, EmotionStage, settings.emotion) if settings.emotion.enabled else None
-    )
-    hub = Hub()
-    messages: list[dict[str, Any]] = []
-    with out.open("w") as sink:
+class OfflinePipeline:
+    """The models of a live server, loaded once, for any number of files."""
 
-        def write(message: dict[str, Any]) -> None:
-            messages.append(message)
-            sink.write(json.dumps(message) + "\n")
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.vad_model = SileroModel(settings.audio.vad.threads)
+        self.transcriber = make_transcriber(settings.audio.asr)
+        self.emotion = EmotionStage(settings.emotion) if settings.emotion.enabled else None
 
-        hub.add_sink(write)
-        session = ParticipantSession(
-            call=call,
-            participant=participant,
-            session_id="offline",
-            pc=None,
-            hub=hub,
-            vad_model=vad_model,
-            asr=asr,
-            vad=settings.audio.vad,
-            video=settings.video,
-            emotion=emotion,
-            clock=FileClock(source.origin_s),
-            media_end_reason="end_of_file",
-        )
-        for track in source.tracks.values():
-            session.add_track(track)
-        session.connected()
-        source.start()
-        with tqdm(total=round(source.duration_s, 1), unit="s", desc=path.name, leave=False) as progress:
-            while not session.closed:
-                await asyncio.sleep(0.2)
-                progress.update(round(source.position_s, 1) - progress.n)
-            progress.update(progress.total - progress.n)
-        await session.close("end_of_file")
-    await asr.close()
-    if emotion is not None:
-        emotion.close()
-    if source.error is not None:
-        raise RuntimeError(
-            f"{path}: decoding stopped early ({source.error}); events up to there are in {out}"
-        )
-    return messages
+    async def analyze(
+        self,
+        path: Path,
+        out: Path,
+        *,
+        call: str = "offline",
+        participant: str = "speaker",
+        progress: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Run the file through VAD, ASR, faces and emotion; write every event to `out` (JSONL), return them."""
+        settings = self.settings
+        source = FileSource(path)
+        asr = TranscriptionService(self.transcriber, workers=1, queue_size=settings.audio.asr.queue_size)
+        hub = Hub()
+        messages: list[dict[str, Any]] = []
+        with out.open("w") as sink:
+
+            def write(message: dict[str, Any]) -> None:
+                messages.append(message)
+                sink.write(json.dumps(message) + "\n")
+
+            hub.add_sink(write)
+            session = ParticipantSession(
+                call=call,
+                participant=participant,
+                session_id="offline",
+                pc=None,
+                hub=hub,
+                vad_model=self.vad_model,
+                asr=asr,
+                vad=settings.audio.vad,
+                video=settings.video,
+                emotion=self.emotion,
+                clock=FileClock(source.origin_s),
+                media_end_reason="end_of_file",
+            )
+            for track in source.tracks.values():
+                session.add_track(track)
+            session.connected()
+            source.start()
+            total = round(source.duration_s, 1)
+            with tqdm(total=total, unit="s", desc=path.name, leave=False, disable=not progress) as bar:
+                while not session.closed:
+                    await asyncio.sleep(0.2)
+                    bar.update(round(source.position_s, 1) - bar.n)
+                bar.update(bar.total - bar.n)
+            await session.close("end_of_file")
+        await asr.close()
+        if source.error is not None:
+            raise RuntimeError(
+                f"{path}: decoding stopped early ({source.error}); events up to there are in {out}"
+            )
+        return messages
+
+    def close(self) -> None:
+        if self.emotion is not None:
+            self.emotion.close()

@@ -121,3 +121,68 @@ def write_recording(path: Path, frames: list[np.ndarray], fps: int, speech: Spee
         container.mux(video.encode(None))
         container.mux(audio.encode(None))
     return path
+
+
+# Labelled clips whose truth is known by construction: a rendered face acting, a voice saying a line.
+LABELLED_SCRIPTS: tuple[dict[str, object], ...] = (
+    {
+        "name": "pleased",
+        "face": [("smile", 0.9, 3.0)],
+        "line": "That is wonderful news, I love it.",
+        "labels": ["happy", "delighted"],
+        "valence": 0.8,
+        "arousal": 0.4,
+    },
+    {
+        "name": "reproach",
+        "face": [("brow_lower", 0.7, 3.0)],
+        "line": "I can't believe you did that. This is outrageous.",
+        "labels": ["angry", "annoyed"],
+        "valence": -0.7,
+        "arousal": 0.7,
+    },
+    {
+        "name": "condolence",
+        "face": [("frown", 0.8, 3.2)],
+        "line": "I am so sorry. This is terrible news.",
+        "labels": ["sad", "sorry"],
+        "valence": -0.7,
+        "arousal": -0.3,
+    },
+    {
+        "name": "request",
+        "face": [],
+        "line": "Please send me the report before the meeting tomorrow.",
+        "labels": ["neutral", "calm"],
+        "valence": 0.0,
+        "arousal": -0.2,
+    },
+)
+
+
+def write_labelled_clips(folder: Path, fps: int = 15) -> Path:
+    """Render LABELLED_SCRIPTS to MP4s and a manifest (JSON lines) beside them; returns the manifest."""
+    import json
+
+    from stream.video.synth import render_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for script in LABELLED_SCRIPTS:
+        speech = compose([str(script["line"])], lead_s=0.6, pause_s=0.0, tail_s=0.8)
+        clip = render_clip(expressions=False, duration_s=speech.duration, fps=fps, script=script["face"])  # type: ignore[arg-type]
+        write_recording(folder / f"{script['name']}.mp4", list(clip.frames), fps, speech)
+        lines.append(
+            json.dumps(
+                {
+                    "clip": f"{script['name']}.mp4",
+                    "labels": script["labels"],
+                    "valence": script["valence"],
+                    "arousal": script["arousal"],
+                    "description": f"says '{script['line']}' with {', '.join(a for a, _, _ in script['face']) or 'a still face'}",  # type: ignore[attr-defined]
+                }
+            )
+        )
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest

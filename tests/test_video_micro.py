@@ -196,3 +196,14 @@ def test_rendered_clip_round_trips_through_y4m_and_mp4(tmp_path):
         assert len(decoded) == len(clip.frames)
         # 4:2:0 chroma and (for mp4) lossy coding: close, not equal.
         assert np.abs(decoded[4].astype(int) - clip.frames[4]).mean() < 4.0
+
+
+def test_a_long_frown_keeps_the_resting_smile_as_its_reference():
+    # The photo smiles at rest; a 2.4 s frown pulls the smile signal far below it. The rest it left must stay
+    # the baseline, or the return to rest would read as a big smile.
+    clip = render_clip(expressions=False, duration_s=4.0, fps=15, script=[("frown", 0.8, 3.2)])
+    window = whole(clip, buffer_of(observe(clip)))
+    (frown,) = matching(window, truth_of(clip, "frown"))
+    assert frown.kind == "macro"
+    assert window.regions["lip_corner_pull"]["max"] < 0.1
+    assert not [e for e in window.episodes if e.region == "lip_corner_pull"]

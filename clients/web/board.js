@@ -228,7 +228,7 @@ export class CallBoard {
         "header",
         {},
         el("span", { class: "who" }, person.id),
-        el("span", { class: "badge " + (evt.final ? "final" : "fast") }, evt.final ? "refined" : "fast guess"),
+        el("span", { class: "badge " + (evt.final ? "final" : "fast") }, evt.final ? "final" : "fast guess (refining…)"),
       ),
       el("p", { class: "top-label" }, top ? top.label : "–", el("small", {}, top ? ` ${Math.round(top.score * 100)}%` : "")),
       el(

@@ -144,7 +144,7 @@ export class Timeline {
         "div",
         { class: "lane-head" },
         el("span", { class: "who", style: `color: ${person.colour}` }, person.id),
-        el("small", {}, `${points.length} utterances · ${scored.length} scored (${finals} refined) · ${episodes.length} face episodes`),
+        el("small", {}, `${points.length} utterances · ${scored.length} scored (${finals} final) · ${episodes.length} face episodes`),
       ),
       chart,
     );

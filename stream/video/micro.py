@@ -128,8 +128,9 @@ class _EpisodeDetector:
 
     def update(self, t: float, value: float) -> tuple[float | None, MicroEpisode | None]:
         """Feed one frame; returns (its baseline, or None while still learning; an episode this frame closed)."""
-        # While an episode is open the frames before it stay: they are the rest it rose from.
-        while not self.open and self.quiet and t - self.quiet[0][0] > self.baseline_s:
+        # The baseline is the last baseline_s of frames at rest, however long ago: while the signal is away
+        # from rest (an episode, or a long action pulling it the other way) the rest it left stays the reference.
+        while self.quiet and self.quiet[-1][0] - self.quiet[0][0] > self.baseline_s:
             self.quiet.popleft()
         while self.recent and t - self.recent[0][0] > self.max_episode_s + self.baseline_s:
             self.recent.popleft()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -185,10 +185,39 @@ class _FaceWarper:
         return out
 
 
-def _actions(rest: np.ndarray, expressions: bool, blink_at: float | None) -> list[_Action]:
+# Scriptable actions: (regions the detector should see, ramp in s, displacement of the rest mesh).
+SCRIPTABLE = ("brow_raise", "smile", "brow_lower", "frown", "blink")
+
+
+def _scripted(points: np.ndarray, iod: float, name: str, onset: float, offset: float) -> _Action:
+    apex = (onset + offset) / 2
+    kind = "micro" if offset - onset < 0.5 else "macro"
+    ramp = min(0.2, (offset - onset) / 3)
+    regions: tuple[str, ...]
+    if name == "brow_raise":
+        regions, move = ("brow_inner_raise", "brow_outer_raise"), _brow_raise(points, iod, lift=0.12)
+    elif name == "brow_lower":  # AU4: the brows pulled down, as in anger or concentration
+        regions, move = ("brow_lower",), _brow_raise(points, iod, lift=-0.09)
+    elif name == "smile":
+        regions, move = ("lip_corner_pull",), _smile(points, iod, lift=0.07, widen=0.05)
+    elif name == "frown":  # AU15: lip corners down, as in sadness (the photo smiles at rest: a long way down)
+        regions, move = ("lip_corner_depress",), _smile(points, iod, lift=-0.25, widen=-0.05)
+    elif name == "blink":
+        regions, move = ("blink",), _blink(points, closure=0.95)
+    else:
+        raise ValueError(f"unknown action {name!r}; one of {SCRIPTABLE}")
+    return _Action(TrueEpisode(name, regions, onset, apex, offset, kind), ramp, move)
+
+
+def _actions(
+    rest: np.ndarray,
+    expressions: bool,
+    blink_at: float | None,
+    script: Sequence[tuple[str, float, float]] = (),
+) -> list[_Action]:
     points = rest[:_MESH_POINTS].astype(np.float64)
     iod = float(np.linalg.norm(points[[362, 263]].mean(axis=0) - points[[33, 133]].mean(axis=0)))
-    actions = []
+    actions = [_scripted(points, iod, name, onset, offset) for name, onset, offset in script]
     if expressions:
         brow = TrueEpisode("brow_raise", ("brow_inner_raise", "brow_outer_raise"), 1.00, 1.15, 1.30, "micro")
         smile = TrueEpisode("smile", ("lip_corner_pull",), 2.00, 2.75, 3.50, "macro")
@@ -209,16 +238,17 @@ def render_clip(
     drift_px: float = 2.0,
     noise_sigma: float = 2.0,
     seed: int = 0,
+    script: Sequence[tuple[str, float, float]] = (),
 ) -> SyntheticClip:
     """Render the astronaut's face as video with ground truth.
 
     expressions: a micro brow raise at 1.00-1.30 s and a macro smile at 2.00-3.50 s (False: a still face).
-    blink_at: onset of a 150 ms blink, if any. The picture always drifts slowly by about drift_px and carries
+    blink_at: onset of a 150 ms blink, if any. script: further (action, onset, offset) of SCRIPTABLE actions. The picture always drifts slowly by about drift_px and carries
     Gaussian sensor noise of noise_sigma grey levels, so a "still" face is never pixel-identical.
     """
     rest = rest_landmarks(size)
     base = rest_frame(size)
-    actions = _actions(rest, expressions, blink_at)
+    actions = _actions(rest, expressions, blink_at, script)
     warper = _FaceWarper(rest, size)
     rng = np.random.default_rng(seed)
     times = np.arange(int(round(duration_s * fps))) / fps
