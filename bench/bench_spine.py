@@ -1,6 +1,11 @@
-"""Spine benchmark: N concurrent real peers stream speech in real time; prints latency, ASR RTF, CPU, RSS as JSON.
+"""Live benchmark: N concurrent real peers stream speech (and a face video) in real time; prints JSON.
 
-python -m bench.bench_spine [--peers 1 2 4] [--cycles 50]
+Per N: end of speech → speech.end / utterance / emotion (p50, p95), ASR real-time factor, face frames analysed
+per second per peer and frames dropped, server CPU % and peak RSS, and the CPU the peers themselves used (they
+run on the same 2 cores, encoding video, which real remote peers would not). Then 50 join/leave cycles (RSS
+growth) and optionally one long call (RSS sampled over time).
+
+python -m bench.bench_spine [--peers 1 2 4] [--cycles 50] [--no-video] [--long-call-s 600]
 """
 
 from __future__ import annotations
@@ -8,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import resource
 import tempfile
 import time
 import urllib.request
@@ -18,9 +25,12 @@ from typing import Any
 import numpy as np
 
 from stream.config import load_settings
+from stream.video.synth import render_clip
 from tests.harness import ROOT, EventLog, ServerProcess, events_url
 from tests.media import SPEECH_RATE, Speech, compose
-from tests.peer import Peer, SpeechTrack
+from tests.peer import PatternTrack, Peer, SpeechTrack
+
+VIDEO_FPS = 15  # what the peers send; the server analyses up to video.analysis_fps of it
 
 SENTENCES = [
     "That is wonderful news, I love it.",
@@ -37,49 +47,112 @@ def scrape(server: ServerProcess) -> dict[str, float]:
     with urllib.request.urlopen(f"{server.url}/metrics") as response:
         text = response.read().decode()
     values = {}
-    for name in ("microemo_asr_compute_seconds_sum", "microemo_asr_audio_seconds_total"):
-        match = re.search(rf"^{name} (\S+)$", text, re.M)
+    for name in (
+        "microemo_asr_compute_seconds_sum",
+        "microemo_asr_audio_seconds_total",
+        'microemo_stage_seconds_count{stage="faces"}',
+        "microemo_dropped_frames_total",
+    ):
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
         values[name] = float(match.group(1)) if match else 0.0
     return values
 
 
-async def one_peer(server: ServerProcess, call: str, name: str, speech: Speech) -> dict[str, list[float]]:
-    """Latencies (s) from each scripted speech end to speech.end and to utterance, as the subscriber sees them."""
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def face_frames() -> list:
+    return list(render_clip(duration_s=4.0, fps=VIDEO_FPS).frames)  # 640x480, looped by the track
+
+
+async def one_peer(
+    server: ServerProcess, call: str, name: str, speech: Speech, frames: list | None
+) -> dict[str, list[float]]:
+    """Latencies (s) from each scripted speech end to speech.end, utterance and emotion, as a subscriber sees them."""
     async with EventLog(events_url(server, call)) as events:
         peer = Peer(server.url, call, name)
         audio = SpeechTrack(speech.samples, SPEECH_RATE)
-        await peer.join(audio)
+        await peer.join(audio, PatternTrack(frames, fps=VIDEO_FPS) if frames else None)
         while audio.started_at is None:
             await asyncio.sleep(0.005)
         while audio.sent_s < speech.duration:
             await asyncio.sleep(0.02)
-        await events.wait_for("utterance", count=len(speech.spans), timeout=60)
+        await events.wait_for("emotion", participant=name, count=len(speech.spans), timeout=60)
         await peer.leave()
-        await events.wait_for("participant.leave", timeout=30)
+        await events.wait_for("participant.leave", participant=name, timeout=30)
     arrival = {id(m): t for m, t in zip(events.messages, events.arrivals, strict=True)}
-    latencies: dict[str, list[float]] = {"speech.end": [], "utterance": []}
+    latencies: dict[str, list[float]] = {"speech.end": [], "utterance": [], "emotion": []}
     for kind in latencies:
-        for message, (_, end) in zip(events.of_type(kind), speech.spans, strict=False):
+        for message, (_, end) in zip(events.of_type(kind, name), speech.spans, strict=False):
             latencies[kind].append(arrival[id(message)] - (audio.started_at + end))
     return latencies
 
 
-async def run_concurrent(server: ServerProcess, n: int, speech: Speech) -> dict[str, Any]:
-    before, cpu0, wall0 = scrape(server), server.cpu_seconds(), time.monotonic()
-    results = await asyncio.gather(*(one_peer(server, f"bench{n}", f"peer{i}", speech) for i in range(n)))
-    after, cpu1, wall1 = scrape(server), server.cpu_seconds(), time.monotonic()
-    end = [x for r in results for x in r["speech.end"]]
-    utt = [x for r in results for x in r["utterance"]]
-    audio = after["microemo_asr_audio_seconds_total"] - before["microemo_asr_audio_seconds_total"]
-    compute = after["microemo_asr_compute_seconds_sum"] - before["microemo_asr_compute_seconds_sum"]
-    return {
+async def run_concurrent(
+    server: ServerProcess, n: int, speech: Speech, frames: list | None
+) -> dict[str, Any]:
+    before, cpu0, own0, wall0 = scrape(server), server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
+    peers = (one_peer(server, f"bench{n}", f"peer{i}", speech, frames) for i in range(n))
+    results = await asyncio.gather(*peers)
+    after, cpu1, own1, wall1 = scrape(server), server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
+
+    def delta(name: str) -> float:
+        return after[name] - before[name]
+
+    def ms(kind: str) -> dict[str, float]:
+        values = [x for r in results for x in r[kind]]
+        return {"p50": round(1000 * percentile(values, 50)), "p95": round(1000 * percentile(values, 95))}
+
+    audio = delta("microemo_asr_audio_seconds_total")
+    compute = delta("microemo_asr_compute_seconds_sum")
+    report = {
         "peers": n,
-        "utterances": len(utt),
-        "speech_end_ms": {"p50": 1000 * percentile(end, 50), "p95": 1000 * percentile(end, 95)},
-        "utterance_ms": {"p50": 1000 * percentile(utt, 50), "p95": 1000 * percentile(utt, 95)},
-        "asr_rtf": compute / audio if audio else None,
-        "cpu_percent": 100 * (cpu1 - cpu0) / (wall1 - wall0),
-        "peak_rss_mb": server.read_proc("VmHWM") / 1024,
+        "utterances": sum(len(r["utterance"]) for r in results),
+        "speech_end_ms": ms("speech.end"),
+        "utterance_ms": ms("utterance"),
+        "emotion_ms": ms("emotion"),
+        "asr_rtf": round(compute / audio, 3) if audio else None,
+        "server_cpu_percent": round(100 * (cpu1 - cpu0) / (wall1 - wall0)),
+        "peers_cpu_percent": round(100 * (own1 - own0) / (wall1 - wall0)),
+        "peak_rss_mb": round(server.read_proc("VmHWM") / 1024),
+    }
+    if frames:
+        analysed = delta('microemo_stage_seconds_count{stage="faces"}')
+        report["analysed_fps_per_peer"] = round(analysed / n / speech.duration, 1)
+        report["dropped_frames"] = int(delta("microemo_dropped_frames_total"))
+    return report
+
+
+async def long_call(server: ServerProcess, seconds: float, frames: list | None) -> dict[str, Any]:
+    """One participant talks for `seconds` (the sentences over and over); server RSS sampled every 10 s."""
+    once = compose(SENTENCES, lead_s=0.5, pause_s=1.2, tail_s=1.2)
+    repeats = int(np.ceil(seconds / once.duration))
+    samples = np.tile(once.samples, repeats)[: round(seconds * SPEECH_RATE)]
+    async with EventLog(events_url(server, "long")) as events:
+        peer = Peer(server.url, "long", "talker")
+        audio = SpeechTrack(samples, SPEECH_RATE)
+        await peer.join(audio, PatternTrack(frames, fps=VIDEO_FPS) if frames else None)
+        samples_mb: list[tuple[float, float]] = []
+        while audio.sent_s < seconds:
+            await asyncio.sleep(10)
+            samples_mb.append((round(audio.sent_s), round(server.read_proc("VmRSS") / 1024, 1)))
+        await peer.leave()
+        await events.wait_for("participant.leave", timeout=60)
+    rss = [mb for _, mb in samples_mb]
+    second_minute = [mb for t, mb in samples_mb if 60 <= t < 120] or rss[:1]
+    return {
+        "seconds": seconds,
+        "utterances": len(events.of_type("utterance")),
+        "emotions": len(events.of_type("emotion")),
+        "rss_mb_at_1_to_2_min": round(float(np.mean(second_minute)), 1),
+        "rss_mb_last": rss[-1],
+        "rss_mb_max": max(rss),
+        "growth_after_2_min_percent": round(
+            100 * (rss[-1] - np.mean(second_minute)) / np.mean(second_minute), 2
+        ),
+        "rss_samples": samples_mb,
     }
 
 
@@ -106,8 +179,16 @@ async def join_leave_cycles(server: ServerProcess, cycles: int) -> dict[str, Any
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     speech = compose(SENTENCES, lead_s=0.5, pause_s=1.2, tail_s=1.2)
     settings = load_settings(ROOT / "config.yaml")
+    frames = None if args.no_video else face_frames()
     out: dict[str, Any] = {
-        "config": {"min_silence_ms": settings.audio.vad.min_silence_ms, "asr": "faster-whisper tiny.en int8"},
+        "config": {
+            "min_silence_ms": settings.audio.vad.min_silence_ms,
+            "asr": "faster-whisper tiny.en int8",
+            "video": None
+            if frames is None
+            else f"640x480 face at {VIDEO_FPS} fps, analysis_fps {settings.video.analysis_fps}",
+            "emotion": "llm" if settings.emotion.llm.enabled else "fast-fusion",
+        },
         "speech_s": round(speech.duration, 2),
         "concurrency": [],
     }
@@ -115,7 +196,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:  # a fresh server per N, so peak RSS is that N's
             server = ServerProcess({"webrtc": {"host_addresses": ["127.0.0.1"]}}, Path(tmp))
             try:
-                out["concurrency"].append(await run_concurrent(server, n, speech))
+                out["concurrency"].append(await run_concurrent(server, n, speech, frames))
             finally:
                 server.stop()
     if args.cycles:
@@ -125,6 +206,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 out["join_leave"] = await join_leave_cycles(server, args.cycles)
             finally:
                 server.stop()
+    if args.long_call_s:
+        with tempfile.TemporaryDirectory() as tmp:
+            server = ServerProcess({"webrtc": {"host_addresses": ["127.0.0.1"]}}, Path(tmp))
+            try:
+                out["long_call"] = await long_call(server, args.long_call_s, frames)
+            finally:
+                server.stop()
+    out["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     return out
 
 
@@ -132,6 +221,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--peers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--cycles", type=int, default=50)
+    parser.add_argument("--no-video", action="store_true", help="peers send audio only")
+    parser.add_argument(
+        "--long-call-s", type=float, default=0, help="also one call this long (RSS over time)"
+    )
     args = parser.parse_args()
     print(json.dumps(asyncio.run(main_async(args)), indent=2))
 

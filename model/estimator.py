@@ -35,6 +35,9 @@ AU_FAMILIES: dict[str, dict[str, float]] = {
     "disgust": {"lip_corner_depress": 0.3, "eye_tighten": 0.3},
 }
 
+# One everyday word per basic family, always among a refiner's candidates.
+ANCHOR_LABELS = ("happy", "sad", "angry", "afraid", "surprised", "disgusted", "calm")
+
 REGION_WORDS = {
     "brow_inner_raise": "inner brow raise",
     "brow_outer_raise": "brow raise",
@@ -73,6 +76,12 @@ class EmotionEstimate:
     explanation: str
     model: str
     votes: tuple[AffectVote, ...]
+    candidates: tuple[str, ...] = ()  # labels a refining stage may choose from: the best ranked, then anchors
+
+    def clue_text(self) -> str:
+        """The clues behind the estimate, one phrase list per modality, e.g. "face: smile 2.0–3.5 s (macro)"."""
+        parts = [f"{vote.modality}: {', '.join(vote.evidence)}" for vote in self.votes if vote.evidence]
+        return "; ".join(parts) or "no clear clue in face, voice or words"
 
 
 class FastEstimator:
@@ -82,9 +91,11 @@ class FastEstimator:
         top_k: int = 5,
         text_weight: float = 0.8,
         temperature: float = 0.08,
+        candidates: int = 0,
     ) -> None:
         self.vocabulary = vocabulary
         self.top_k = top_k
+        self.candidates = candidates  # best ranked labels offered to a refining stage (0: none)
         self._weights = RankWeights(text=text_weight)
         self._temperature = temperature
         self.name = MODEL_NAME
@@ -104,10 +115,12 @@ class FastEstimator:
             arousal,
             families or None,
             embedding,
-            top_k=self.top_k,
+            top_k=max(self.top_k, self.candidates),
             weights=self._weights,
             boost=self._named_emotions(clues.text),
         )
+        candidates = self._candidates([word for word, _ in ranked[: self.candidates]])
+        ranked = ranked[: self.top_k]
         scores = np.array([s for _, s in ranked])
         probs = np.exp((scores - scores.max()) / self._temperature)
         probs /= probs.sum()
@@ -120,7 +133,18 @@ class FastEstimator:
             explanation=explain(labels[0][0], valence, arousal, votes, clues.text),
             model=self.name,
             votes=votes,
+            candidates=candidates,
         )
+
+    def _candidates(self, best: list[str]) -> tuple[str, ...]:
+        """The best ranked words, then one anchor per basic family, so a refiner can overrule the ranking."""
+        if not best:
+            return ()
+        groups = {self.vocabulary.canonical(word) for word in best}
+        anchors = [
+            w for w in ANCHOR_LABELS if w in self.vocabulary and self.vocabulary.canonical(w) not in groups
+        ]
+        return tuple(best + anchors)
 
     def _named_emotions(self, text: TextClues | None) -> dict[str, float]:
         """Emotion words the speaker used ("I'm worried") are strong clues, unless negated."""

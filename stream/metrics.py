@@ -45,3 +45,13 @@ STAGE_SECONDS = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
     registry=REGISTRY,
 )
+LLM_FAILURES = Counter(
+    "microemo_llm_failures_total",
+    "LLM refinements that failed (the fast estimate was kept as final)",
+    registry=REGISTRY,
+)
+LLM_SKIPPED = Counter(
+    "microemo_llm_skipped_total",
+    "Utterances not refined because the LLM backlog was full",
+    registry=REGISTRY,
+)

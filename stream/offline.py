@@ -140,6 +140,8 @@ class OfflinePipeline:
                 bar.update(bar.total - bar.n)
             await session.close("end_of_file")
         await asr.close()
+        if self.emotion is not None:
+            await self.emotion.release_loop()  # its LLM batcher belongs to this event loop
         if source.error is not None:
             raise RuntimeError(
                 f"{path}: decoding stopped early ({source.error}); events up to there are in {out}"

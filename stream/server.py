@@ -298,9 +298,7 @@ async def healthz(request: web.Request) -> web.Response:
         "faces": {"state": "ready", "backend": services.settings.video.backend}
         if services.settings.video.enabled
         else {"state": "disabled"},
-        "emotion": {"state": "ready", "model": services.emotion.name}
-        if services.emotion
-        else {"state": "disabled"},
+        "emotion": services.emotion.health() if services.emotion else {"state": "disabled"},
         "mqtt": services.mqtt.health() if services.mqtt else {"state": "disabled"},
     }
     degraded = [
@@ -377,6 +375,7 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
             await services.mqtt.close()
         await services.asr.close()
         if services.emotion:
+            await services.emotion.release_loop()
             services.emotion.close()
 
     app.on_startup.append(start)

@@ -13,7 +13,8 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-from model.cues import UtteranceInput
+from model.cues import Clues, UtteranceInput
+from model.estimator import EmotionEstimate
 from model.prosody import SpeakerBaseline
 from stream import metrics
 from stream.audio.asr import Transcript, TranscriptionService
@@ -91,6 +92,7 @@ class ParticipantSession:
         self._media_tasks: list[asyncio.Task[None]] = []
         self._closed_utterances: asyncio.Queue[ClosedUtterance | None] = asyncio.Queue()
         self._transcribing = asyncio.create_task(self._transcribe_loop())
+        self._refining: set[asyncio.Task[None]] = set()  # LLM refinements under way
         self._joined = False
         self._closing: asyncio.Task[None] | None = None
         self.tracks: list[str] = []
@@ -256,23 +258,48 @@ class ParticipantSession:
             self.log.exception("emotion estimate failed for %s", uid)
             self._publish(self._error("emotion_failed", f"emotion estimate failed: {exc!r}", uid))
             return
-        self._publish(
-            EmotionEvent(
-                call=self.call,
-                participant=self.participant,
-                utterance=uid,
-                t0=utterance.t0,
-                t1=utterance.t1,
-                labels=tuple(Label(word, score) for word, score in estimate.labels),
-                valence=estimate.valence,
-                arousal=estimate.arousal,
-                explanation=estimate.explanation,
-                clues=clues.to_event(),
-                final=True,
-                model=estimate.model,
-            )
-        )
+        refiner = self._emotion.refiner
+        refine = refiner is not None and not refiner.overloaded
+        if refiner is not None and not refine:
+            metrics.LLM_SKIPPED.inc()  # the fast estimate stands: better late-free than a growing backlog
+        self._publish(self._emotion_event(uid, utterance, clues, estimate, final=not refine))
         self._observe_latency("emotion", utterance.t1)
+        if refine:
+            task = asyncio.create_task(self._refine(uid, utterance, transcript.text, clues, estimate))
+            self._refining.add(task)
+            task.add_done_callback(self._refining.discard)
+
+    async def _refine(
+        self, uid: str, utterance: ClosedUtterance, text: str, clues: Clues, estimate: EmotionEstimate
+    ) -> None:
+        """The LLM's final word on an utterance; when it fails, an error and the fast estimate as final."""
+        assert self._emotion is not None and self._emotion.refiner is not None
+        try:
+            refined = await self._emotion.refiner.refine(self.call, uid, text, estimate)
+        except Exception as exc:
+            self.log.warning("LLM refinement failed for %s: %r", uid, exc)
+            self._publish(self._error("llm_failed", f"LLM refinement failed, fast estimate kept: {exc}", uid))
+            refined = estimate
+        self._publish(self._emotion_event(uid, utterance, clues, refined, final=True))
+        self._observe_latency("emotion_final", utterance.t1)
+
+    def _emotion_event(
+        self, uid: str, utterance: ClosedUtterance, clues: Clues, estimate: EmotionEstimate, *, final: bool
+    ) -> EmotionEvent:
+        return EmotionEvent(
+            call=self.call,
+            participant=self.participant,
+            utterance=uid,
+            t0=utterance.t0,
+            t1=utterance.t1,
+            labels=tuple(Label(word, score) for word, score in estimate.labels),
+            valence=estimate.valence,
+            arousal=estimate.arousal,
+            explanation=estimate.explanation,
+            clues=clues.to_event(),
+            final=final,
+            model=estimate.model,
+        )
 
     # -- ending -----------------------------------------------------------------------------------
     async def _close(self, reason: str) -> None:
@@ -286,6 +313,8 @@ class ParticipantSession:
             self._on_segment(event)
         self._closed_utterances.put_nowait(None)
         await self._transcribing  # every closed utterance is transcribed and emitted before the leave
+        if self._refining:
+            await asyncio.gather(*self._refining, return_exceptions=True)  # and its LLM answer too
         if self._video is not None:
             await asyncio.to_thread(self._video.close)
         if self._joined:

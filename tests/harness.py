@@ -37,7 +37,7 @@ def _die_with_parent() -> None:
 class ServerProcess:
     """`microemo serve` in a child process on a free loopback port; it dies with its parent."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+    def __init__(self, config: dict[str, Any], workdir: Path, ready_timeout_s: float = 60) -> None:
         self.port = free_port()
         config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": self.port}}
         self.config_path = workdir / "config.yaml"
@@ -54,7 +54,7 @@ class ServerProcess:
         )
         self.tls = bool(config["server"].get("tls_cert"))
         self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
-        self._wait_ready()
+        self._wait_ready(ready_timeout_s)
 
     def _wait_ready(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,15 +161,17 @@ LABELLED_SCRIPTS: tuple[dict[str, object], ...] = (
 )
 
 
-def write_labelled_clips(folder: Path, fps: int = 15) -> Path:
-    """Render LABELLED_SCRIPTS to MP4s and a manifest (JSON lines) beside them; returns the manifest."""
+def write_labelled_clips(
+    folder: Path, fps: int = 15, scripts: Sequence[dict[str, object]] = LABELLED_SCRIPTS
+) -> Path:
+    """Render scripts (default LABELLED_SCRIPTS) to MP4s and a manifest (JSON lines) beside them; returns it."""
     import json
 
     from stream.video.synth import render_clip
 
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
-    for script in LABELLED_SCRIPTS:
+    for script in scripts:
         speech = compose([str(script["line"])], lead_s=0.6, pause_s=0.0, tail_s=0.8)
         clip = render_clip(expressions=False, duration_s=speech.duration, fps=fps, script=script["face"])  # type: ignore[arg-type]
         write_recording(folder / f"{script['name']}.mp4", list(clip.frames), fps, speech)
