@@ -1,4 +1,4 @@
-"""The `microemo` command: `microemo serve [--config PATH]`."""
+"""The `microemo` command: `serve`, `analyze` a recording, `eval` on labelled clips, `train` on them."""
 
 from __future__ import annotations
 
@@ -36,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--top-k", type=int, default=3, help="labels per clip compared with the truth")
     for command in (serve, analyze, evaluate):
         command.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML config")
+    add_train_command(commands)
     args = parser.parse_args(argv)
 
+    if args.command == "train":  # needs no config file: everything it uses is on the command line
+        setup_logging(LoggingSettings())
+        return train_model(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -92,6 +96,67 @@ def evaluate_clips(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         pipeline.close()
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def add_train_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # Defaults left None fall back to TrainConfig's; model.train (torch) is imported only when training.
+    train = commands.add_parser(
+        "train", help="train the video encoder, Q-Formers and projector as a soft prompt of a frozen LLM"
+    )
+    train.add_argument("manifest", type=Path, help="labelled clips, JSON lines (as for eval)")
+    train.add_argument("--llm", type=Path, required=True, help="folder of the frozen causal LM")
+    train.add_argument("--gguf-file", help="a GGUF file inside the --llm folder")
+    train.add_argument(
+        "--out", type=Path, required=True, help="folder for step-N.pt, latest.pt and cached clip features"
+    )
+    train.add_argument("--steps", type=int, help="steps in all, counting those of a resumed run (1000)")
+    train.add_argument("--batch-size", type=int, help="clips per step (4)")
+    train.add_argument("--lr", type=float, help="AdamW learning rate (1e-4)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from latest.pt")
+    train.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    train.add_argument("--fps", type=float, default=5.0, help="frames sampled per second of each clip")
+
+
+def train_model(args: argparse.Namespace) -> int:
+    """Prints one JSON line at the end: first and last loss, steps done, the checkpoint written."""
+    import dataclasses
+
+    import torch
+
+    from model.train import CheckpointExistsError, TrainConfig
+    from stream.training import train_from_manifest
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("microemo: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    if args.fps <= 0:
+        print(f"microemo: --fps must be positive, got {args.fps}", file=sys.stderr)
+        return 2
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    try:
+        config = dataclasses.replace(
+            TrainConfig(device=args.device), **{k: v for k, v in given.items() if v is not None}
+        )
+        result = train_from_manifest(
+            args.manifest, args.llm, args.out, config, args.resume, args.gguf_file, fps=args.fps
+        )
+    # A missing manifest, clip or LLM, a run already in --out, a bad manifest line or setting (ManifestError
+    # is a ValueError): the user can fix these, and the message says how.
+    except (FileNotFoundError, CheckpointExistsError, ValueError) as exc:
+        print(f"microemo: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError) as exc:  # e.g. out of memory, an unreadable clip (PyAV raises OSErrors)
+        print(f"microemo: training failed: {exc}", file=sys.stderr)
+        return 1
+    summary = {
+        "first_loss": result.losses[0],
+        "last_loss": result.losses[-1],
+        "steps": len(result.losses),
+        "resumed_at": result.first_step,
+        "checkpoint": str(result.checkpoint),
+    }
+    print(json.dumps(summary), flush=True)
     return 0
 
 

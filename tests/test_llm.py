@@ -1,4 +1,4 @@
-"""LLM stage: candidate ranking, strict JSON answers, prefix tokens and micro-batching, on a tiny model built here."""
+"""LLM stage: candidate ranking, strict JSON answers, prefix tokens and micro-batching, on a tiny random Llama."""
 
 from __future__ import annotations
 
@@ -31,59 +31,12 @@ from model.llm import (  # noqa: E402
     parse_generated_answer,
     smollm2_settings,
 )
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CORPUS = [
-    "You analyse how the speaker in a video call feels, from the clues seen in their face.",
-    "Clues: face: smile 2.0-3.5 s (macro), brow raise 1.02-1.24 s (micro); voice: rising pitch, loud",
-    "Transcript: that's wonderful news, I love it. Please send me the report before the meeting.",
-    "Emotions: happy, joyful, angry, furious, sad, calm, surprised, anxious, bored, content.",
-    "Which emotion does the speaker feel? The speaker feels happy, because they smile.",
-    '{"labels": ["happy"], "valence": 0.8, "arousal": 0.5, "explanation": "because they smile"}',
-]
+from tests.tiny_llm import build_tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised 2-layer Llama with a byte-level BPE tokenizer trained here, saved like a checkpoint."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
-    )
-    tokenizer.chat_template = CHATML
-    tokenizer.save_pretrained(folder)
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        initializer_range=0.3,  # wide enough that candidates' likelihoods clearly differ
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")
