@@ -52,6 +52,11 @@ def scrape(server: ServerProcess) -> dict[str, float]:
         "microemo_asr_audio_seconds_total",
         'microemo_stage_seconds_count{stage="faces"}',
         "microemo_dropped_frames_total",
+        *(
+            f'microemo_stage_latency_seconds_{part}{{stage="{stage}"}}'
+            for stage in ("speech.end", "utterance", "emotion")
+            for part in ("sum", "count")
+        ),
     ):
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
         values[name] = float(match.group(1)) if match else 0.0
@@ -105,6 +110,16 @@ async def run_concurrent(
         values = [x for r in results for x in r[kind]]
         return {"p50": round(1000 * percentile(values, 50)), "p95": round(1000 * percentile(values, 95))}
 
+    def server_side_mean_ms(
+        stage: str,
+    ) -> float:  # wall time from when the server heard t1, transport excluded
+        count = delta(f'microemo_stage_latency_seconds_count{{stage="{stage}"}}')
+        return (
+            round(1000 * delta(f'microemo_stage_latency_seconds_sum{{stage="{stage}"}}') / count)
+            if count
+            else 0
+        )
+
     audio = delta("microemo_asr_audio_seconds_total")
     compute = delta("microemo_asr_compute_seconds_sum")
     report = {
@@ -113,6 +128,7 @@ async def run_concurrent(
         "speech_end_ms": ms("speech.end"),
         "utterance_ms": ms("utterance"),
         "emotion_ms": ms("emotion"),
+        "server_side_mean_ms": {k: server_side_mean_ms(k) for k in ("speech.end", "utterance", "emotion")},
         "asr_rtf": round(compute / audio, 3) if audio else None,
         "server_cpu_percent": round(100 * (cpu1 - cpu0) / (wall1 - wall0)),
         "peers_cpu_percent": round(100 * (own1 - own0) / (wall1 - wall0)),

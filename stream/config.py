@@ -53,6 +53,9 @@ class WebRTCSettings(Section):
     # Tests and single-machine setups pin ["127.0.0.1"]; deployments may pin one interface.
     host_addresses: list[str] | None = None
     connect_timeout_s: float = Field(20.0, gt=0)
+    # Audio frames a receiver holds before releasing one: aiortc's 4 (80 ms) smooth playout, which analysis
+    # does not need; 1 still reorders packets and waits for lost ones.
+    audio_prefetch_frames: int = Field(1, ge=1, le=8)
 
     @field_validator("host_addresses")
     @classmethod

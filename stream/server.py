@@ -27,7 +27,7 @@ from stream.hub import Hub, Subscriber
 from stream.mqtt import MqttBridge
 from stream.session import ParticipantSession
 from stream.video.faces import make_face_analyzer
-from stream.webrtc import pin_host_addresses, rtc_configuration
+from stream.webrtc import pin_host_addresses, rtc_configuration, set_audio_prefetch
 
 log = logging.getLogger(__name__)
 WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
@@ -200,6 +200,7 @@ async def start_session(
 
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        set_audio_prefetch(pc, services.settings.webrtc.audio_prefetch_frames)
         if not session.tracks:
             raise ValueError("the offer carries no audio or video track")
         await pc.setLocalDescription(await pc.createAnswer())

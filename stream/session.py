@@ -19,7 +19,14 @@ from model.prosody import SpeakerBaseline
 from stream import metrics
 from stream.audio.asr import Transcript, TranscriptionService
 from stream.audio.resample import Resampler
-from stream.audio.segmenter import ClosedUtterance, Segmenter, SegmentEvent, SpeechEnded, SpeechStarted
+from stream.audio.segmenter import (
+    ClosedUtterance,
+    Segmenter,
+    SegmentEvent,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechStarted,
+)
 from stream.audio.vad import SileroModel
 from stream.clock import LiveClock, MediaClock
 from stream.config import VadSettings, VideoSettings
@@ -91,6 +98,8 @@ class ParticipantSession:
         self._media_end_reason = media_end_reason
         self._media_tasks: list[asyncio.Task[None]] = []
         self._closed_utterances: asyncio.Queue[ClosedUtterance | None] = asyncio.Queue()
+        # a transcription started at a pause, keyed by (utterance index, t1): used if that pause closes it
+        self._early: tuple[tuple[int, float], asyncio.Task[Transcript]] | None = None
         self._transcribing = asyncio.create_task(self._transcribe_loop())
         self._refining: set[asyncio.Task[None]] = set()  # LLM refinements under way
         self._joined = False
@@ -175,8 +184,32 @@ class ParticipantSession:
         elif isinstance(event, SpeechEnded):
             self._publish(SpeechEnd(call=self.call, participant=self.participant, t0=event.t0, t1=event.t1))
             self._observe_latency("speech.end", event.t1)
+        elif isinstance(event, SpeechPaused):
+            self._transcribe_early(event.utterance)
         else:
             self._closed_utterances.put_nowait(event)
+
+    def _transcribe_early(self, utterance: ClosedUtterance) -> None:
+        """Start transcribing at a pause, while the segmenter waits to see if the silence closes the utterance.
+
+        Saves up to min_silence_ms - speech_pad_ms of transcript latency. Only when the ASR workers are idle and
+        the clock is live (a file needs no head start): a pause that does not close wastes idle compute only.
+        """
+        if self._early is not None:
+            self._early[1].cancel()  # speech resumed after the last pause: that transcript is not needed
+            self._early = None
+        if self._clock.realtime and self._asr.backlog == 0:
+            task = asyncio.create_task(self._asr.transcribe(utterance.pcm, utterance.pcm_t0))
+            self._early = ((utterance.index, utterance.t1), task)
+
+    def _early_transcript(self, utterance: ClosedUtterance) -> asyncio.Task[Transcript] | None:
+        early, self._early = self._early, None
+        if early is None:
+            return None
+        if early[0] != (utterance.index, utterance.t1):
+            early[1].cancel()
+            return None
+        return early[1]
 
     def utterance_id(self, index: int) -> str:
         return f"{self.participant}-{index}"
@@ -184,8 +217,12 @@ class ParticipantSession:
     async def _transcribe_loop(self) -> None:
         while (utterance := await self._closed_utterances.get()) is not None:
             uid = self.utterance_id(utterance.index)
+            early = self._early_transcript(utterance)
             try:
-                transcript = await self._asr.transcribe(utterance.pcm, utterance.pcm_t0)
+                if early is not None:
+                    transcript = await early
+                else:
+                    transcript = await self._asr.transcribe(utterance.pcm, utterance.pcm_t0)
             except Exception as exc:
                 self.log.exception("transcription failed for %s", uid)
                 self._publish(self._error("asr_failed", f"transcription failed: {exc!r}", uid))

@@ -119,3 +119,54 @@ def test_speech_end_is_dated_where_probability_first_fell_under_threshold() -> N
     probs = [0.9] * seconds(1) + [0.45, 0.45] + [0.05] * seconds(1)
     (utt,) = utterances(run(probs, Segmenter(threshold=0.5, neg_threshold=0.35, speech_pad_ms=0)))
     assert utt.t1 == pytest.approx(1.0, abs=DT)
+
+
+def push_audio(segmenter: Segmenter, audio: np.ndarray, probs: list[float]) -> tuple[ClosedUtterance, float]:
+    """The closed utterance and the media time at which it closed."""
+    for i, p in enumerate(probs):
+        for event in segmenter.push(i * DT, audio[i * CHUNK : (i + 1) * CHUNK], p):
+            if isinstance(event, ClosedUtterance):
+                return event, (i + 1) * DT
+    raise AssertionError("no utterance closed")
+
+
+def test_speech_end_is_found_in_the_audio_when_the_vad_lags_it() -> None:
+    # a tone from 1.0 to 2.5 s, then silence; the speech probability stays high 3 chunks past the sound
+    rng = np.random.default_rng(0)
+    t = np.arange(seconds(4) * CHUNK) / 16_000
+    audio = np.where((t >= 1.0) & (t < 2.5), 0.3 * np.sin(2 * np.pi * 220 * t), 0.0).astype(np.float32)
+    lagging = [0.0] * seconds(1) + [0.9] * (seconds(1.5) + 3) + [0.05] * seconds(1.5)
+    vad_end = (seconds(1) + seconds(1.5) + 3) * DT
+    quiet_noise = rng.normal(0, 0.3 * 10 ** (-40 / 20), len(audio)).astype(np.float32)  # 40 dB down
+    for signal in (audio, audio + quiet_noise):
+        utt, closed_at = push_audio(Segmenter(min_silence_ms=500, speech_pad_ms=0), signal, lagging)
+        assert utt.t1 == pytest.approx(2.5, abs=0.011)
+        # it closed min_silence after the sound ended, not after the VAD noticed
+        assert closed_at <= 2.5 + 0.5 + DT + 0.011 < vad_end + 0.5
+    # a noise floor as loud as the speech hides its end: the VAD's end stands
+    loud_noise = rng.normal(0, 0.3, len(audio)).astype(np.float32)
+    utt, _ = push_audio(Segmenter(min_silence_ms=500, speech_pad_ms=0), audio + loud_noise, lagging)
+    assert utt.t1 == pytest.approx(vad_end, abs=0.001)
+
+
+def test_a_pause_announces_the_utterance_it_would_close_with_the_same_audio() -> None:
+    from stream.audio.segmenter import SpeechPaused
+
+    # speech, a 0.3 s pause (longer than the pad, shorter than min_silence), speech, then a real silence
+    probs = [0.0] * 10 + [0.9] * 40 + [0.05] * 10 + [0.9] * 30 + [0.05] * 30
+    events = run(probs, Segmenter(min_silence_ms=500, speech_pad_ms=200))
+    paused = [e.utterance for e in events if isinstance(e, SpeechPaused)]
+    (closed,) = utterances(events)
+    assert len(paused) == 2  # one per silence that outlasted the pad; the first never closed
+    assert paused[0].t1 == pytest.approx(50 * DT) and paused[0].index == closed.index
+    later = paused[1]
+    assert (later.index, later.t0, later.t1, later.pcm_t0) == (
+        closed.index,
+        closed.t0,
+        closed.t1,
+        closed.pcm_t0,
+    )
+    np.testing.assert_array_equal(later.pcm, closed.pcm)
+    # announced once the pad had passed, before the close
+    position = {id(e.utterance if isinstance(e, SpeechPaused) else e): i for i, e in enumerate(events)}
+    assert position[id(later)] < position[id(closed)]

@@ -134,6 +134,8 @@ class TranscriptionService:
         while True:
             pcm, t_offset, done = await self._queue.get()
             metrics.ASR_BACKLOG.set(self._queue.qsize())
+            if done.cancelled():
+                continue  # its caller no longer needs it (an early transcription whose pause did not close)
             try:
                 result = await loop.run_in_executor(
                     self._executor, self.transcriber.transcribe, pcm, t_offset

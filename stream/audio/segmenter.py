@@ -33,7 +33,25 @@ class ClosedUtterance:
     continues: int | None = None  # index of the utterance this one continues after a forced close
 
 
-SegmentEvent = SpeechStarted | SpeechEnded | ClosedUtterance
+@dataclass(frozen=True, slots=True)
+class SpeechPaused:
+    """Speech has been silent for speech_pad_ms: the utterance, should the silence last to min_silence_ms.
+
+    Its audio is already complete, so transcription may start now; if the silence lasts, the ClosedUtterance
+    that follows has the same index, t1 and audio; if speech resumes, this one is simply never closed."""
+
+    utterance: ClosedUtterance
+
+
+SegmentEvent = SpeechStarted | SpeechEnded | SpeechPaused | ClosedUtterance
+
+
+# Silero's probability trails the sound by a chunk or two: the end of speech is looked for in the audio itself,
+# this far back from the first chunk the VAD heard as not speech, as where the level fell under the speech's
+# loud frames by END_DROP_DB. Conservative: over a noise floor louder than that, the VAD's end stands.
+END_LOOKBACK_S = 0.096
+END_DROP_DB = 30.0
+_LEVEL_FRAME = 160  # 10 ms
 
 
 class _State(Enum):
@@ -67,6 +85,7 @@ class Segmenter:
         self._speech_t0 = 0.0
         self._silence_t0: float | None = None
         self._below_t0: float | None = None  # start of the current run of chunks under `threshold`
+        self._paused_sent = False  # SpeechPaused emitted for the current silence
         self._next_index = 0
         self._continues: int | None = None
         self._audio = _AudioBuffer()
@@ -87,13 +106,14 @@ class Segmenter:
 
         if speech_prob >= self._threshold:
             self._silence_t0 = self._below_t0 = None
+            self._paused_sent = False
         else:
             if self._below_t0 is None:
                 self._below_t0 = t
             if speech_prob < self._neg_threshold and self._silence_t0 is None:
                 # the speech ended where the probability first fell under the threshold, not where the
-                # hysteresis finally gave up on it: silero's probability trails off over a chunk or two
-                self._silence_t0 = self._below_t0
+                # hysteresis finally gave up on it, and within that, where the sound itself died away
+                self._silence_t0 = self._sound_end(self._below_t0)
 
         events: list[SegmentEvent] = []
         if (
@@ -107,14 +127,40 @@ class Segmenter:
             if self._state is _State.SPEECH:
                 events += self._close(self._silence_t0, "silence")
             self._state = _State.IDLE
+            self._paused_sent = False
             self._audio.keep_after(end - self._pad_s)
+        elif (
+            self._state is _State.SPEECH
+            and self._silence_t0 is not None
+            and not self._paused_sent
+            and end - self._silence_t0 >= self._pad_s
+        ):
+            self._paused_sent = True
+            events.append(SpeechPaused(self._utterance(self._silence_t0, "silence")))
         elif self._state is _State.SPEECH and end - self._speech_t0 >= self._max_utterance_s:
             closed = self._close(end, "max_length")
             self._continues = closed[-1].index  # type: ignore[union-attr]
-            self._speech_t0, self._silence_t0, self._below_t0 = end, None, None
+            self._speech_t0, self._silence_t0, self._below_t0, self._paused_sent = end, None, None, False
             self._audio.keep_after(end - self._pad_s)
             events += [*closed, SpeechStarted(end)]
         return events
+
+    def _sound_end(self, vad_end: float) -> float:
+        """The end of the speech's sound in the END_LOOKBACK_S before `vad_end`, or `vad_end` itself."""
+        start, pcm = self._audio.slice(self._speech_t0, vad_end)
+        frames = len(pcm) // _LEVEL_FRAME
+        if frames < 2 * round(END_LOOKBACK_S * SAMPLE_RATE / _LEVEL_FRAME):
+            return vad_end  # too short to tell speech level from its tail
+        pcm = pcm[len(pcm) - frames * _LEVEL_FRAME :]  # whole frames, aligned to vad_end
+        level = np.sqrt(np.mean(pcm.reshape(frames, _LEVEL_FRAME).astype(np.float64) ** 2, axis=1))
+        floor = np.percentile(level, 95) * 10 ** (-END_DROP_DB / 20)
+        lookback = round(END_LOOKBACK_S * SAMPLE_RATE / _LEVEL_FRAME)
+        tail = level[-lookback:]
+        loud = np.nonzero(tail >= floor)[0]
+        if len(loud) == len(tail) or floor <= 0:
+            return vad_end
+        last_loud = loud[-1] + 1 if len(loud) else 0  # frames of the tail up to the last loud one
+        return vad_end - (len(tail) - last_loud) * _LEVEL_FRAME / SAMPLE_RATE
 
     def flush(self) -> list[SegmentEvent]:
         """The stream ended (peer gone): close the speech heard so far; an unconfirmed blip is dropped."""
@@ -126,9 +172,9 @@ class Segmenter:
         self._audio.keep_after(self._audio.end)
         return events
 
-    def _close(self, t1: float, reason: Literal["silence", "max_length", "flush"]) -> list[SegmentEvent]:
+    def _utterance(self, t1: float, reason: Literal["silence", "max_length", "flush"]) -> ClosedUtterance:
         pcm_t0, pcm = self._audio.slice(self._speech_t0 - self._pad_s, t1 + self._pad_s)
-        utterance = ClosedUtterance(
+        return ClosedUtterance(
             index=self._next_index,
             t0=self._speech_t0,
             t1=t1,
@@ -137,6 +183,9 @@ class Segmenter:
             reason=reason,
             continues=self._continues,
         )
+
+    def _close(self, t1: float, reason: Literal["silence", "max_length", "flush"]) -> list[SegmentEvent]:
+        utterance = self._utterance(t1, reason)
         self._next_index += 1
         self._continues = None
         return [SpeechEnded(self._speech_t0, t1), utterance]
