@@ -6,14 +6,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
 
+from bench.timing import median_ms
 from model.llm import LLMReasoner, LLMSettings, ReasoningRequest, packaged_smollm2
 from model.vocabulary import EmotionVocabulary
 
@@ -64,15 +63,6 @@ def requests(n: int) -> list[ReasoningRequest]:
         )
         for i in range(n)
     ]
-
-
-def median_ms(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def explanation_tokens_per_s(reasoner: LLMReasoner, batch: list[ReasoningRequest]) -> dict[str, float]:

@@ -7,22 +7,13 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 
 import torch
 
+from bench.timing import median_ms
 from model.encoder import EncoderConfig, GlobalLocalEncoder
 from model.qformer import IncrementalQFormerCache, QFormerConfig, VideoQFormer
-
-
-def median_ms(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def cache_update_ms(
