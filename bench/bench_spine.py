@@ -85,10 +85,16 @@ async def one_peer(
         while audio.sent_s < speech.duration:
             await asyncio.sleep(0.02)
         await events.wait_for("emotion", participant=name, count=len(speech.spans), timeout=60)
+        streamed_s = time.monotonic() - audio.started_at  # video flowed all along, until the leave
         await peer.leave()
         await events.wait_for("participant.leave", participant=name, timeout=30)
     arrival = {id(m): t for m, t in zip(events.messages, events.arrivals, strict=True)}
-    latencies: dict[str, list[float]] = {"speech.end": [], "utterance": [], "emotion": []}
+    latencies: dict[str, list[float]] = {
+        "speech.end": [],
+        "utterance": [],
+        "emotion": [],
+        "streamed_s": [streamed_s],
+    }
     for kind in latencies:
         for message, (_, end) in zip(events.of_type(kind, name), speech.spans, strict=False):
             latencies[kind].append(arrival[id(message)] - (audio.started_at + end))
@@ -136,7 +142,7 @@ async def run_concurrent(
     }
     if frames:
         analysed = delta('microemo_stage_seconds_count{stage="faces"}')
-        report["analysed_fps_per_peer"] = round(analysed / n / speech.duration, 1)
+        report["analysed_fps_per_peer"] = round(analysed / sum(r["streamed_s"][0] for r in results), 1)
         report["dropped_frames"] = int(delta("microemo_dropped_frames_total"))
     return report
 

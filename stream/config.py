@@ -113,6 +113,11 @@ class MicroSettings(Section):
 class VideoSettings(Section):
     enabled: bool = True
     analysis_fps: float = Field(15.0, gt=0, le=60)
+    # Frames analysed per second by the whole server, shared evenly by the participants sending video: past
+    # analysis_fps × participants it lowers each one's rate instead of starving speech recognition.
+    max_total_fps: float = Field(40.0, gt=0)
+    # Niceness added to the face-analysis threads (Linux): under load, transcription and the event loop come first.
+    nice: int = Field(10, ge=0, le=19)
     queue_frames: int = Field(8, ge=1)  # frames waiting for analysis; the oldest are dropped beyond
     max_width: int = Field(640, ge=64)  # larger frames are scaled down before analysis
     backend: Literal["mediapipe", "insightface"] = "mediapipe"
@@ -137,12 +142,23 @@ class LLMStageSettings(Section):
     max_wait_ms: float = Field(50.0, ge=0)  # longest wait for a batch to fill
     max_pending: int = Field(32, ge=1)  # beyond this backlog the fast estimate stands as final
     explanation_tokens: int = Field(40, ge=0)
+    # A `microemo train` checkpoint (step-N.pt, latest.pt): its encoder, Q-Formers and projector put each
+    # utterance's video before the prompt as tokens. Trained on this LLM (its hidden size is checked at start).
+    projector_checkpoint: Path | None = None
+    projector_fps: float = Field(5.0, gt=0, le=30)  # whole frames a second the encoder sees: training's --fps
 
     @model_validator(mode="after")
     def _model_exists(self) -> LLMStageSettings:
         if self.model_path is not None and not self.model_path.is_dir():
             raise ValueError(f"model_path {self.model_path} is not a directory")
         return self
+
+    @field_validator("projector_checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"projector checkpoint {path} is not a file")
+        return path
 
 
 class EmotionSettings(Section):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -18,15 +20,42 @@ from stream.video.micro import FaceWindow, MicroExpressionBuffer
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class WholeFrames:
+    """Whole frames the visual encoder needs: resized to size × size, fps of them a second (as in training)."""
+
+    size: int
+    fps: float
+
+
+def next_grid_time(next_t: float, t: float, fps: float) -> float:
+    """When the frame after one kept at t is due: on the 1/fps grid; after a gap longer than a period (dropped
+    frames, a variable-rate source) the grid restarts at t, so the next kept frame is a full period later."""
+    period = 1 / fps
+    return next_t + period if next_t + period > t else t + period
+
+
 class VideoAnalysis:
     """The event loop only samples and enqueues frames; decoding to RGB and every model run happen in the
-    worker. When the worker falls behind, the oldest queued frames are dropped and counted."""
+    worker. When the worker falls behind, the oldest queued frames are dropped and counted.
 
-    def __init__(self, settings: VideoSettings, name: str) -> None:
+    Participants share `max_total_fps`: each samples at min(analysis_fps, max_total_fps / participants).
+    The worker runs at `nice`, so that under load speech recognition keeps its pace and video gives way.
+
+    With `whole_frames` (only when a visual encoder serves the LLM stage) the buffer also keeps analysed frames,
+    downsized, on that grid, for the same buffer_s: an utterance's FaceWindow then carries them to the encoder.
+    """
+
+    _live = 0  # instances analysing now, in this process
+    _live_lock = threading.Lock()
+
+    def __init__(self, settings: VideoSettings, name: str, whole_frames: WholeFrames | None = None) -> None:
         self._settings = settings
-        self._analyzer: FaceAnalyzer = make_face_analyzer(
-            settings.backend, settings.model_path, settings.num_faces
-        )
+        self._whole_frames = whole_frames
+        self._next_keep_t = 0.0
+        self._analyzer: FaceAnalyzer | None = None
+        ready = threading.Event()
+        failure: list[BaseException] = []
         self._tracker = FaceTracker(track_ttl_s=settings.track_ttl_s)
         self.buffer = MicroExpressionBuffer(
             buffer_s=settings.buffer_s,
@@ -41,14 +70,28 @@ class VideoAnalysis:
         self._stopped = False
         self.analysed_until = -1.0  # media time of the last frame the worker finished
         self.dropped = 0
-        self._thread = threading.Thread(target=self._work, name=f"video-{name}", daemon=True)
+        # The analyzer is made in the worker, after its niceness is set, so the threads it starts inherit it.
+        self._thread = threading.Thread(
+            target=self._work, args=(ready, failure), name=f"video-{name}", daemon=True
+        )
         self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        with VideoAnalysis._live_lock:
+            VideoAnalysis._live += 1
+        self._counted = True
+
+    @property
+    def fps(self) -> float:
+        """This participant's share of the analysis rate now."""
+        return min(self._settings.analysis_fps, self._settings.max_total_fps / max(1, VideoAnalysis._live))
 
     def offer(self, frame: av.VideoFrame, t: float) -> None:
-        """Called on the event loop for every received frame; keeps one per 1/analysis_fps."""
+        """Called on the event loop for every received frame; keeps one per 1/fps."""
         if t + 1e-6 < self._next_sample_t:
             return
-        self._next_sample_t = max(self._next_sample_t + 1 / self._settings.analysis_fps, t)
+        self._next_sample_t = max(self._next_sample_t + 1 / self.fps, t)
         with self._wake:
             if len(self._queue) >= self._settings.queue_frames:
                 self._queue.popleft()
@@ -74,7 +117,23 @@ class VideoAnalysis:
             track = speaking_track(mouths, speech_t, speech_prob)
         return self.buffer.window(t0, t1, track)
 
-    def _work(self) -> None:
+    def _work(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        try:
+            if self._settings.nice and hasattr(os, "setpriority"):
+                thread = threading.get_native_id()  # on Linux, niceness is per thread
+                os.setpriority(
+                    os.PRIO_PROCESS,
+                    thread,
+                    min(19, os.getpriority(os.PRIO_PROCESS, thread) + self._settings.nice),
+                )
+            self._analyzer = make_face_analyzer(
+                self._settings.backend, self._settings.model_path, self._settings.num_faces
+            )
+        except BaseException as exc:  # handed to the constructor, which raises it
+            failure.append(exc)
+            return
+        finally:
+            ready.set()
         while True:
             with self._wake:
                 while not self._queue and not self._stopped:
@@ -91,11 +150,17 @@ class VideoAnalysis:
             self.analysed_until = t
 
     def _analyse(self, frame: av.VideoFrame, t: float) -> None:
+        keep = self._whole_frames
+        if keep is not None and t + 1e-6 >= self._next_keep_t:
+            self._next_keep_t = next_grid_time(self._next_keep_t, t, keep.fps)
+            # From the full frame, squashed to a square, as stream/clip_features.py makes training clips
+            self.buffer.keep_frame(t, frame.to_ndarray(format="rgb24", width=keep.size, height=keep.size))
         width = self._settings.max_width
         if frame.width > width:  # analysis needs no more than this; saves most of the landmarker's time
             frame = frame.reformat(width=width, height=round(frame.height * width / frame.width))
         rgb = frame.to_ndarray(format="rgb24")
         self.buffer.mark_frame(t)
+        assert self._analyzer is not None  # made before the worker takes frames
         for face in self._tracker.update(self._analyzer.analyze(rgb, t), t):
             self.buffer.push(face)
 
@@ -105,4 +170,9 @@ class VideoAnalysis:
             self._queue.clear()
             self._wake.notify()
         self._thread.join(timeout=5)
-        self._analyzer.close()
+        if self._counted:
+            self._counted = False
+            with VideoAnalysis._live_lock:
+                VideoAnalysis._live -= 1
+        if self._analyzer is not None:
+            self._analyzer.close()

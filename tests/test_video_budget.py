@@ -1,0 +1,33 @@
+"""Participants share the server's face-analysis rate, and the analysis threads yield the CPU under load."""
+
+from __future__ import annotations
+
+import os
+
+from stream.config import VideoSettings
+from stream.video.stage import VideoAnalysis
+
+
+def test_participants_share_max_total_fps_and_get_it_back_when_one_leaves() -> None:
+    settings = VideoSettings(analysis_fps=15, max_total_fps=20)
+    first = VideoAnalysis(settings, "a")
+    try:
+        assert first.fps == 15  # alone: its own limit
+        second = VideoAnalysis(settings, "b")
+        try:
+            assert first.fps == second.fps == 10  # two share 20
+        finally:
+            second.close()
+        assert first.fps == 15
+    finally:
+        first.close()
+
+
+def test_face_analysis_runs_at_the_configured_niceness() -> None:
+    analysis = VideoAnalysis(VideoSettings(nice=7), "n")
+    try:
+        worker = analysis._thread.native_id
+        assert worker is not None
+        assert os.getpriority(os.PRIO_PROCESS, worker) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
+    finally:
+        analysis.close()
