@@ -48,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"microemo: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.logging)
-    if args.command == "serve":
-        return serve_forever(settings)
-    if args.command == "eval":
-        return evaluate_clips(args, settings)
-    return analyze_file(args, settings)
+    try:
+        if args.command == "serve":
+            return serve_forever(settings)
+        if args.command == "eval":
+            return evaluate_clips(args, settings)
+        return analyze_file(args, settings)
+    except ConfigError as exc:  # found while loading models, e.g. a projector trained for another LLM
+        print(f"microemo: {exc}", file=sys.stderr)
+        return 2
 
 
 def analyze_file(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,4 +1,4 @@
-"""Clips decoded for training: sampled whole frames, their times and the speaker's aligned face, cached as .pt."""
+"""Clips as the visual encoder takes them: decoded files for training (cached as .pt), live face windows."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from tqdm import tqdm
 from model.evaluation import LabelledClip, load_manifest
 from model.train import ClipFeatures
 from stream.video.faces import FaceAnalyzer, FaceObservation, FaceTracker, MediaPipeFaceAnalyzer
+from stream.video.micro import FaceWindow
 from stream.video.signals import aligned_crop, five_points, geometry_signals
+from stream.video.stage import next_grid_time
 
 FEATURES_VERSION = 2  # bump when extraction changes, so stale cache files are not reused
 
@@ -55,9 +57,7 @@ def extract_clip_features(
                 t = frame.time - first  # media time since the clip's first frame
                 if t + 1e-6 < next_t:
                     continue
-                # On the 1/fps grid; after a gap longer than a period (dropped frames, a variable-rate
-                # source) the grid restarts here, so the next kept frame is a full period later.
-                next_t = next_t + 1 / fps if next_t + 1 / fps > t else t + 1 / fps
+                next_t = next_grid_time(next_t, t, fps)
                 frames.append(frame.to_ndarray(format="rgb24", width=frame_size, height=frame_size))
                 if frame.width > max_width:  # the landmarker needs no more; saves most of its time
                     frame = frame.reformat(
@@ -111,12 +111,44 @@ def features_of(
         for face in frame_faces:
             if face.track == speaker and face.aligned is not None:
                 crops[k], mask[k] = face.aligned, True
+    return as_clip_features(np.stack(frames), np.asarray(times, dtype=np.float64), crops, mask)
+
+
+def as_clip_features(
+    frames: np.ndarray, times: np.ndarray, crops: np.ndarray, mask: np.ndarray
+) -> ClipFeatures:
+    """(T, S, S, 3) uint8 frames, (T,) float64 times, (T, s, s, 3) uint8 crops, (T,) bool → channels first."""
     return ClipFeatures(
-        frames=torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(),  # (T, 3, S, S) uint8
-        frame_times=torch.tensor(times, dtype=torch.float64),  # (T,)
+        frames=torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),  # (T, 3, S, S) uint8
+        frame_times=torch.from_numpy(times),  # (T,) float64
         face_crops=torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous(),  # (T, 3, s, s) uint8
         face_mask=torch.from_numpy(mask),  # (T,) bool
     )
+
+
+def features_from_window(window: FaceWindow, frame_size: int, crop_size: int) -> ClipFeatures | None:
+    """A live utterance's kept frames as the encoder's input (None when the window kept none).
+
+    The frames were kept on the training grid (VideoAnalysis with WholeFrames); times count from the first,
+    as in a training clip; crops are resized to crop_size where the face analyzer made them another size.
+    """
+    if not window.frames:
+        return None
+    frames = np.stack([kept.image for kept in window.frames])  # (T, S, S, 3) uint8
+    if frames.shape[1:3] != (frame_size, frame_size):
+        raise ValueError(
+            f"kept frames are {frames.shape[2]}x{frames.shape[1]}, the encoder takes {frame_size}"
+        )
+    crops = np.zeros((len(frames), crop_size, crop_size, 3), dtype=np.uint8)
+    mask = np.zeros(len(frames), dtype=bool)
+    for k, kept in enumerate(window.frames):
+        if kept.face is not None:
+            face = kept.face
+            if face.shape[:2] != (crop_size, crop_size):
+                face = cv2.resize(face, (crop_size, crop_size), interpolation=cv2.INTER_AREA)
+            crops[k], mask[k] = face, True
+    times = np.array([kept.t for kept in window.frames], dtype=np.float64)
+    return as_clip_features(frames, times - times[0], crops, mask)
 
 
 def cache_path(clip: Path, cache_dir: Path, fps: float, frame_size: int, crop_size: int) -> Path:

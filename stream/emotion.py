@@ -2,6 +2,7 @@
 
 Shared by every call; models run off the event loop. With the LLM stage on, each utterance first gets the
 fast estimate (`final: false`), then the LLM's answer batched with other calls' utterances (`final: true`).
+With a projector checkpoint, the LLM also reads each utterance's video as tokens before its prompt.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -19,13 +22,20 @@ from model.expression import ExpressionClassifier
 from model.prosody import SpeakerBaseline
 from model.vocabulary import EmotionVocabulary, SentenceEncoder
 from stream import metrics
-from stream.config import EmotionSettings, LLMStageSettings
+from stream.config import ConfigError, EmotionSettings, LLMStageSettings
 from stream.video.micro import FaceWindow
+from stream.video.stage import WholeFrames
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from model.llm import MicroBatcher
+    from model.prefix import PrefixEncoder
+    from model.qformer import IncrementalQFormerCache
 
 log = logging.getLogger(__name__)
+# Calls whose visual context is kept, least recently used dropped first (and a call's when its last one leaves)
+MAX_CALL_CACHES = 1024
 
 
 class EmotionStage:
@@ -63,6 +73,16 @@ class EmotionStage:
         return clues, estimate
 
     @property
+    def whole_frames(self) -> WholeFrames | None:
+        """The frames video analysis must keep for the LLM stage's visual encoder; None when it has none."""
+        return self.refiner.whole_frames if self.refiner is not None else None
+
+    def end_call(self, call: str) -> None:
+        """The call's last participant left: forget its visual context."""
+        if self.refiner is not None:
+            self.refiner.end_call(call)
+
+    @property
     def active(self) -> str:
         """The model whose answers are final: the LLM's when it is on, else the fast estimator's."""
         return self.refiner.name if self.refiner is not None else self.name
@@ -79,10 +99,16 @@ class EmotionStage:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.refiner is not None:
+            self.refiner.close()
 
 
 class LLMRefiner:
-    """The LLM stage: one model for every call behind a micro-batcher (one per event loop that uses it)."""
+    """The LLM stage: one model for every call behind a micro-batcher (one per event loop that uses it).
+
+    With a projector checkpoint, an utterance with kept video frames gets visual prefix tokens, computed in a
+    worker thread of its own; one incremental Q-Former cache per call holds that call's visual context.
+    """
 
     def __init__(self, settings: LLMStageSettings, vocabulary: EmotionVocabulary) -> None:
         from model.llm import LLMReasoner, LLMSettings, smollm2_settings
@@ -109,29 +135,70 @@ class LLMRefiner:
         self._batchers: dict[asyncio.AbstractEventLoop, MicroBatcher] = {}
         self.pending = 0
         self.failures = 0
+        self.prefix = None if settings.projector_checkpoint is None else self._load_prefix(settings)
+        self._calls: OrderedDict[str, IncrementalQFormerCache] = OrderedDict()  # least recently used first
+        self._calls_lock = threading.Lock()
+        # One thread: a call's utterances reach its cache in the order their refinements started.
+        self._prefix_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-prefix")
+        self.prefixed = 0  # utterances answered with visual tokens
+
+    def _load_prefix(self, settings: LLMStageSettings) -> PrefixEncoder:
+        from model.prefix import PrefixEncoder, ProjectorMismatchError
+
+        assert settings.projector_checkpoint is not None
+        try:
+            return PrefixEncoder.from_checkpoint(
+                settings.projector_checkpoint, self._reasoner.device, self._reasoner.hidden_size
+            )
+        except (ProjectorMismatchError, FileNotFoundError) as exc:
+            raise ConfigError(f"emotion.llm.projector_checkpoint: {exc}") from exc
+
+    @property
+    def projector(self) -> str | None:
+        checkpoint = self.settings.projector_checkpoint
+        return checkpoint.name if self.prefix is not None and checkpoint is not None else None
+
+    @property
+    def whole_frames(self) -> WholeFrames | None:
+        if self.prefix is None:
+            return None
+        return WholeFrames(size=self.prefix.encoder_config.frame_size, fps=self.settings.projector_fps)
 
     @property
     def overloaded(self) -> bool:
         return self.pending >= self.settings.max_pending
 
     async def refine(
-        self, call: str, uid: str, transcript: str, estimate: EmotionEstimate
+        self,
+        call: str,
+        uid: str,
+        transcript: str,
+        estimate: EmotionEstimate,
+        window: FaceWindow | None = None,
     ) -> EmotionEstimate:
-        """The LLM's reading of an utterance, as an estimate; raises when the LLM fails (the caller falls back)."""
+        """The LLM's reading of an utterance, as an estimate; raises when the LLM fails (the caller falls back).
+
+        `window`: the utterance's face window; with a projector its kept frames become visual prefix tokens.
+        """
         from model.llm import ReasoningRequest
 
         candidates = estimate.candidates or tuple(label for label, _ in estimate.labels)
-        request = ReasoningRequest(
-            call=call,
-            utterance=uid,
-            clues_text=estimate.clue_text(),
-            transcript=transcript,
-            candidates=candidates,
-            candidate_va=tuple(self._vocabulary.affect_of(label) for label in candidates),
-        )
         self.pending += 1
         started = time.perf_counter()
         try:
+            prefix = None
+            if self.prefix is not None and window is not None:
+                loop = asyncio.get_running_loop()
+                prefix = await loop.run_in_executor(self._prefix_executor, self._prefix_tokens, call, window)
+            request = ReasoningRequest(
+                call=call,
+                utterance=uid,
+                clues_text=estimate.clue_text(),
+                transcript=transcript,
+                candidates=candidates,
+                candidate_va=tuple(self._vocabulary.affect_of(label) for label in candidates),
+                prefix_embeds=prefix,
+            )
             result = await self._batcher().submit(request)
         except Exception:
             self.failures += 1
@@ -140,15 +207,47 @@ class LLMRefiner:
         finally:
             self.pending -= 1
         metrics.STAGE_SECONDS.labels("llm").observe(time.perf_counter() - started)
+        if prefix is not None:
+            self.prefixed += 1
         return EmotionEstimate(
             labels=tuple((label, round(score, 4)) for label, score in result.labels),
             valence=result.valence,
             arousal=result.arousal,
             families=estimate.families,
             explanation=result.explanation,
-            model=self.name,
+            # The event names what the answer rests on: the LLM alone, or the LLM reading the video too
+            model=self.name if prefix is None else f"{self.name}+projector:{self.projector}",
             votes=estimate.votes,
         )
+
+    def _prefix_tokens(self, call: str, window: FaceWindow) -> Tensor | None:
+        """(Q + Qc, H) visual tokens of one utterance (None: no frame kept), in the prefix worker thread."""
+        from stream.clip_features import features_from_window
+
+        assert self.prefix is not None
+        started = time.perf_counter()
+        encoder = self.prefix.encoder_config
+        features = features_from_window(window, encoder.frame_size, encoder.crop_size)
+        if features is None:
+            return None
+        tokens = self.prefix.tokens(self._call_cache(call), features)
+        metrics.STAGE_SECONDS.labels("prefix").observe(time.perf_counter() - started)
+        return tokens
+
+    def _call_cache(self, call: str) -> IncrementalQFormerCache:
+        assert self.prefix is not None
+        with self._calls_lock:
+            cache = self._calls.get(call)
+            if cache is None:
+                cache = self._calls[call] = self.prefix.new_cache()
+                while len(self._calls) > MAX_CALL_CACHES:
+                    self._calls.popitem(last=False)
+            self._calls.move_to_end(call)
+            return cache
+
+    def end_call(self, call: str) -> None:
+        with self._calls_lock:
+            self._calls.pop(call, None)
 
     def health(self) -> dict[str, Any]:
         batches = [b.stats for b in self._batchers.values()]
@@ -161,6 +260,9 @@ class LLMRefiner:
             "batches": sum(s.batches for s in batches),
             "requests": sum(s.requests for s in batches),
             "failures": self.failures,
+            "projector": self.projector,  # the checkpoint's file name when the LLM reads video too
+            "prefixed": self.prefixed,
+            "calls_with_video_context": len(self._calls),
         }
 
     def _batcher(self) -> MicroBatcher:
@@ -178,6 +280,9 @@ class LLMRefiner:
         batcher = self._batchers.pop(loop, None)
         if batcher is not None:
             await batcher.close()
+
+    def close(self) -> None:
+        self._prefix_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def face_evidence(window: FaceWindow) -> FaceEvidence:

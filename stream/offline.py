@@ -141,6 +141,7 @@ class OfflinePipeline:
             await session.close("end_of_file")
         await asr.close()
         if self.emotion is not None:
+            self.emotion.end_call(call)  # the next file is another call, even under the same name
             await self.emotion.release_loop()  # its LLM batcher belongs to this event loop
         if source.error is not None:
             raise RuntimeError(

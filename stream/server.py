@@ -49,6 +49,8 @@ class Services:
     def forget(self, session: ParticipantSession) -> None:
         self.sessions.pop(session.id, None)
         self.count()
+        if self.emotion is not None and not any(s.call == session.call for s in self.sessions.values()):
+            self.emotion.end_call(session.call)  # the call is over: its visual context goes
 
     def count(self) -> None:
         metrics.PARTICIPANTS.set(len(self.sessions))

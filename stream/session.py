@@ -151,7 +151,9 @@ class ParticipantSession:
         # Frames are pulled even when video analysis is off, or aiortc queues them without bound.
         if self._video_settings is not None:
             name = f"{self.call}/{self.participant}"
-            self._video = await asyncio.to_thread(VideoAnalysis, self._video_settings, name)
+            # Whole frames are kept only when the LLM stage's visual encoder will read them
+            whole_frames = self._emotion.whole_frames if self._emotion is not None else None
+            self._video = await asyncio.to_thread(VideoAnalysis, self._video_settings, name, whole_frames)
         first_pts_s: float | None = None
         t_offset = 0.0
         while True:
@@ -302,17 +304,23 @@ class ParticipantSession:
         self._publish(self._emotion_event(uid, utterance, clues, estimate, final=not refine))
         self._observe_latency("emotion", utterance.t1)
         if refine:
-            task = asyncio.create_task(self._refine(uid, utterance, transcript.text, clues, estimate))
+            task = asyncio.create_task(self._refine(uid, utterance, transcript.text, clues, estimate, window))
             self._refining.add(task)
             task.add_done_callback(self._refining.discard)
 
     async def _refine(
-        self, uid: str, utterance: ClosedUtterance, text: str, clues: Clues, estimate: EmotionEstimate
+        self,
+        uid: str,
+        utterance: ClosedUtterance,
+        text: str,
+        clues: Clues,
+        estimate: EmotionEstimate,
+        window: FaceWindow | None,
     ) -> None:
         """The LLM's final word on an utterance; when it fails, an error and the fast estimate as final."""
         assert self._emotion is not None and self._emotion.refiner is not None
         try:
-            refined = await self._emotion.refiner.refine(self.call, uid, text, estimate)
+            refined = await self._emotion.refiner.refine(self.call, uid, text, estimate, window)
         except Exception as exc:
             self.log.warning("LLM refinement failed for %s: %r", uid, exc)
             self._publish(self._error("llm_failed", f"LLM refinement failed, fast estimate kept: {exc}", uid))

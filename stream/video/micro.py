@@ -38,6 +38,15 @@ class MicroEpisode:
 
 
 @dataclass(frozen=True, slots=True)
+class KeptFrame:
+    """A whole frame kept for the visual encoder (only when one is configured), and the window's face in it."""
+
+    t: float  # media seconds
+    image: np.ndarray  # (S, S, 3) uint8 RGB: the whole frame resized to the encoder's frame_size
+    face: np.ndarray | None  # (s, s, 3) uint8 aligned crop of the window's track at t; None: not seen then
+
+
+@dataclass(frozen=True, slots=True)
 class FaceWindow:
     """The face evidence of one track over [t0, t1]."""
 
@@ -50,6 +59,7 @@ class FaceWindow:
     blinks: int
     crops: list[np.ndarray] = field(default_factory=list)  # a few aligned crops (S, S, 3) uint8
     blendshapes: dict[str, float] = field(default_factory=dict)  # window means
+    frames: list[KeptFrame] = field(default_factory=list)  # kept whole frames in [t0, t1], by time
 
     @property
     def expressions(self) -> list[MicroEpisode]:
@@ -240,6 +250,7 @@ class _TrackBuffer:
     def __init__(self, make_detector: Callable[[str], _EpisodeDetector]) -> None:
         self.frames: deque[_Frame] = deque()
         self.crops: deque[tuple[float, np.ndarray]] = deque()
+        self.frame_crops: deque[tuple[float, np.ndarray]] = deque()  # (t, crop) at kept whole frames only
         self.episodes: deque[MicroEpisode] = deque()
         self.detectors: dict[str, _EpisodeDetector] = {name: make_detector(name) for name in EXPRESSIVE}
         self.last_center: tuple[float, float, float] | None = None  # t, x, y (pixels)
@@ -248,7 +259,8 @@ class _TrackBuffer:
 class MicroExpressionBuffer:
     """Per-track rolling signals and expression episodes, bounded to the last buffer_s seconds.
 
-    Feed it from the analysis worker: mark_frame(t) for every analysed frame, push(obs) for every tracked face.
+    Feed it from the analysis worker: mark_frame(t) for every analysed frame, keep_frame(t, image) for the
+    frames the visual encoder will see (if any, before that frame's faces), push(obs) for every tracked face.
     Query it per utterance with window(t0, t1). Thread-safe: one writer, any readers.
     """
 
@@ -273,6 +285,7 @@ class MicroExpressionBuffer:
         self._detector_args = (baseline_s, min_baseline_s, micro_max_ms / 1000.0, max_episode_s)
         self._tracks: dict[int, _TrackBuffer] = {}
         self._frame_times: deque[float] = deque()
+        self._kept: deque[tuple[float, np.ndarray]] = deque()  # (t, whole frame (S, S, 3) uint8)
         self._latest = float("-inf")
         self._lock = threading.Lock()
 
@@ -289,6 +302,13 @@ class MicroExpressionBuffer:
             self._frame_times.append(t)
         self._latest = max(self._latest, t)
         self._prune()
+
+    def keep_frame(self, t: float, image: np.ndarray) -> None:
+        """A whole frame (S, S, 3) uint8 for the visual encoder; the faces pushed next for t keep their crops."""
+        with self._lock:
+            self._kept.append((t, image))
+            self._latest = max(self._latest, t)
+            self._prune()
 
     def push(self, obs: FaceObservation) -> None:
         """One tracked face of an analysed frame (obs.track assigned by FaceTracker)."""
@@ -312,6 +332,8 @@ class MicroExpressionBuffer:
                 not buffer.crops or obs.t - buffer.crops[-1][0] >= self.crop_interval_s
             ):
                 buffer.crops.append((obs.t, obs.aligned))
+            if obs.aligned is not None and self._kept and self._kept[-1][0] == obs.t:
+                buffer.frame_crops.append((obs.t, obs.aligned))
 
     @staticmethod
     def _head_speed(buffer: _TrackBuffer, t: float, center: tuple[float, float], interocular: float) -> float:
@@ -326,12 +348,16 @@ class MicroExpressionBuffer:
         horizon = self._latest - self.buffer_s
         while self._frame_times and self._frame_times[0] < horizon:
             self._frame_times.popleft()
+        while self._kept and self._kept[0][0] < horizon:
+            self._kept.popleft()
         for track in list(self._tracks):
             buffer = self._tracks[track]
             while buffer.frames and buffer.frames[0].t < horizon:
                 buffer.frames.popleft()
             while buffer.crops and buffer.crops[0][0] < horizon:
                 buffer.crops.popleft()
+            while buffer.frame_crops and buffer.frame_crops[0][0] < horizon:
+                buffer.frame_crops.popleft()
             while buffer.episodes and buffer.episodes[0].offset < horizon:
                 buffer.episodes.popleft()
             if not buffer.frames:
@@ -366,9 +392,13 @@ class MicroExpressionBuffer:
             analysed = sum(1 for t in self._frame_times if t0 <= t <= t1)
             frames = [f for f in buffer.frames if t0 <= f.t <= t1] if buffer else []
             if buffer is None or not frames or analysed == 0:
-                return FaceWindow(t0, t1, present=0.0, track=None, regions={}, episodes=[], blinks=0)
+                kept = self._kept_in(None, t0, t1)
+                return FaceWindow(
+                    t0, t1, present=0.0, track=None, regions={}, episodes=[], blinks=0, frames=kept
+                )
             episodes = self._episodes_in(buffer, t0, t1)
             crops = [crop for t, crop in buffer.crops if t0 <= t <= t1]
+            kept = self._kept_in(buffer, t0, t1)
         return FaceWindow(
             t0=t0,
             t1=t1,
@@ -379,7 +409,13 @@ class MicroExpressionBuffer:
             blinks=sum(1 for e in episodes if e.region == BLINK and t0 <= e.onset <= t1),
             crops=_spread(crops, self.max_crops),
             blendshapes=_mean_blendshapes(frames),
+            frames=kept,
         )
+
+    def _kept_in(self, buffer: _TrackBuffer | None, t0: float, t1: float) -> list[KeptFrame]:
+        """Kept whole frames in [t0, t1], each with the track's crop of that moment (call under the lock)."""
+        faces = {t: crop for t, crop in buffer.frame_crops if t0 <= t <= t1} if buffer is not None else {}
+        return [KeptFrame(t, image, faces.get(t)) for t, image in self._kept if t0 <= t <= t1]
 
     def _episodes_in(self, buffer: _TrackBuffer, t0: float, t1: float) -> list[MicroEpisode]:
         episodes = list(buffer.episodes)
