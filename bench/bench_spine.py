@@ -2,7 +2,7 @@
 
 Per N: end of speech → speech.end / utterance / emotion (p50, p95), ASR real-time factor, face frames analysed
 per second per peer and frames dropped, server CPU % and peak RSS, and the CPU the peers themselves used (they
-run on the same 2 cores, encoding video, which real remote peers would not). Then 50 join/leave cycles (RSS
+run on the same 2 cores; their video is VP8 encoded once up front, so they only packetise it). Then 50 join/leave cycles (RSS
 growth) and optionally one long call (RSS sampled over time).
 
 python -m bench.bench_spine [--peers 1 2 4] [--cycles 50] [--no-video] [--long-call-s 600]
@@ -28,7 +28,7 @@ from stream.config import load_settings
 from stream.video.synth import render_clip
 from tests.harness import ROOT, EventLog, ServerProcess, events_url
 from tests.media import SPEECH_RATE, Speech, compose
-from tests.peer import PatternTrack, Peer, SpeechTrack
+from tests.peer import EncodedVideoTrack, Peer, SpeechTrack, encode_vp8
 
 VIDEO_FPS = 15  # what the peers send; the server analyses up to video.analysis_fps of it
 
@@ -68,18 +68,19 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def face_frames() -> list:
-    return list(render_clip(duration_s=4.0, fps=VIDEO_FPS).frames)  # 640x480, looped by the track
+def face_video() -> list[bytes]:
+    """The animated face, 640x480, as VP8 frames encoded once: the peers only send them (looped)."""
+    return encode_vp8(list(render_clip(duration_s=4.0, fps=VIDEO_FPS).frames), VIDEO_FPS)
 
 
 async def one_peer(
-    server: ServerProcess, call: str, name: str, speech: Speech, frames: list | None
+    server: ServerProcess, call: str, name: str, speech: Speech, frames: list[bytes] | None
 ) -> dict[str, list[float]]:
     """Latencies (s) from each scripted speech end to speech.end, utterance and emotion, as a subscriber sees them."""
     async with EventLog(events_url(server, call)) as events:
         peer = Peer(server.url, call, name)
         audio = SpeechTrack(speech.samples, SPEECH_RATE)
-        await peer.join(audio, PatternTrack(frames, fps=VIDEO_FPS) if frames else None)
+        await peer.join(audio, EncodedVideoTrack(frames, fps=VIDEO_FPS) if frames else None)
         while audio.started_at is None:
             await asyncio.sleep(0.005)
         while audio.sent_s < speech.duration:
@@ -102,7 +103,7 @@ async def one_peer(
 
 
 async def run_concurrent(
-    server: ServerProcess, n: int, speech: Speech, frames: list | None
+    server: ServerProcess, n: int, speech: Speech, frames: list[bytes] | None
 ) -> dict[str, Any]:
     before, cpu0, own0, wall0 = scrape(server), server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
     peers = (one_peer(server, f"bench{n}", f"peer{i}", speech, frames) for i in range(n))
@@ -147,7 +148,7 @@ async def run_concurrent(
     return report
 
 
-async def long_call(server: ServerProcess, seconds: float, frames: list | None) -> dict[str, Any]:
+async def long_call(server: ServerProcess, seconds: float, frames: list[bytes] | None) -> dict[str, Any]:
     """One participant talks for `seconds` (the sentences over and over); server RSS sampled every 10 s."""
     once = compose(SENTENCES, lead_s=0.5, pause_s=1.2, tail_s=1.2)
     repeats = int(np.ceil(seconds / once.duration))
@@ -155,7 +156,7 @@ async def long_call(server: ServerProcess, seconds: float, frames: list | None) 
     async with EventLog(events_url(server, "long")) as events:
         peer = Peer(server.url, "long", "talker")
         audio = SpeechTrack(samples, SPEECH_RATE)
-        await peer.join(audio, PatternTrack(frames, fps=VIDEO_FPS) if frames else None)
+        await peer.join(audio, EncodedVideoTrack(frames, fps=VIDEO_FPS) if frames else None)
         samples_mb: list[tuple[float, float]] = []
         while audio.sent_s < seconds:
             await asyncio.sleep(10)
@@ -201,7 +202,8 @@ async def join_leave_cycles(server: ServerProcess, cycles: int) -> dict[str, Any
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     speech = compose(SENTENCES, lead_s=0.5, pause_s=1.2, tail_s=1.2)
     settings = load_settings(ROOT / "config.yaml")
-    frames = None if args.no_video else face_frames()
+    frames = None if args.no_video else face_video()
+    server_config = {**json.loads(args.config_json), "webrtc": {"host_addresses": ["127.0.0.1"]}}
     out: dict[str, Any] = {
         "config": {
             "min_silence_ms": settings.audio.vad.min_silence_ms,
@@ -216,21 +218,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     }
     for n in args.peers:
         with tempfile.TemporaryDirectory() as tmp:  # a fresh server per N, so peak RSS is that N's
-            server = ServerProcess({"webrtc": {"host_addresses": ["127.0.0.1"]}}, Path(tmp))
+            server = ServerProcess(server_config, Path(tmp))
             try:
                 out["concurrency"].append(await run_concurrent(server, n, speech, frames))
             finally:
                 server.stop()
     if args.cycles:
         with tempfile.TemporaryDirectory() as tmp:
-            server = ServerProcess({"webrtc": {"host_addresses": ["127.0.0.1"]}}, Path(tmp))
+            server = ServerProcess(server_config, Path(tmp))
             try:
                 out["join_leave"] = await join_leave_cycles(server, args.cycles)
             finally:
                 server.stop()
     if args.long_call_s:
         with tempfile.TemporaryDirectory() as tmp:
-            server = ServerProcess({"webrtc": {"host_addresses": ["127.0.0.1"]}}, Path(tmp))
+            server = ServerProcess(server_config, Path(tmp))
             try:
                 out["long_call"] = await long_call(server, args.long_call_s, frames)
             finally:
@@ -244,6 +246,11 @@ def main() -> None:
     parser.add_argument("--peers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--no-video", action="store_true", help="peers send audio only")
+    parser.add_argument(
+        "--config-json",
+        default="{}",
+        help='server settings over the defaults, e.g. {"video": {"max_total_fps": 30}}',
+    )
     parser.add_argument(
         "--long-call-s", type=float, default=0, help="also one call this long (RSS over time)"
     )

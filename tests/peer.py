@@ -85,6 +85,55 @@ class PatternTrack(MediaStreamTrack):
         return frame
 
 
+class EncodedVideoTrack(MediaStreamTrack):
+    """Encoded VP8 frames (from `encode_vp8`) looped at `fps`, as a camera with a hardware encoder sends them.
+
+    aiortc sends av.Packets as they are, so many such peers cost the machine that runs them almost nothing:
+    benchmarks use it to keep the peers' own encoding off the cores the server is measured on."""
+
+    kind = "video"
+
+    def __init__(self, payloads: list[bytes], fps: int = 15) -> None:
+        super().__init__()
+        self._fps = fps
+        self._payloads = payloads
+        self._index = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        await asyncio.sleep(max(0.0, self._start + self._index / self._fps - time.monotonic()))
+        packet = av.Packet(self._payloads[self._index % len(self._payloads)])
+        packet.pts = self._index * (90_000 // self._fps)
+        packet.time_base = fractions.Fraction(1, 90_000)
+        self._index += 1
+        return packet
+
+
+def encode_vp8(frames: list[np.ndarray], fps: int, bitrate: int = 1_000_000) -> list[bytes]:
+    """One VP8 payload per frame; the first is a key frame and the only one, so the loop restarts cleanly."""
+    height, width = frames[0].shape[:2]
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.time_base = fractions.Fraction(1, fps)
+    codec.framerate = fractions.Fraction(fps, 1)
+    codec.bit_rate = bitrate
+    codec.gop_size = len(frames)
+    codec.options = {"deadline": "realtime", "lag-in-frames": "0", "auto-alt-ref": "0"}
+    payloads: list[bytes] = []
+    for index, rgb in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        frame.pts = index
+        payloads += [bytes(packet) for packet in codec.encode(frame)]
+    payloads += [bytes(packet) for packet in codec.encode(None)]
+    if len(payloads) != len(frames):
+        raise RuntimeError(f"VP8 encoder gave {len(payloads)} packets for {len(frames)} frames")
+    return payloads
+
+
 class Peer:
     """One participant joining a call over POST /offer, media on loopback only."""
 
