@@ -192,6 +192,14 @@ class EventLog:
         await self._ws.send(text)
 
 
+def messages_per_utterance(events: EventLog) -> list[list[dict[str, Any]]]:
+    """For each utterance event, in order, every message about that utterance (the utterance event first)."""
+    return [
+        [m for m in events.messages if m.get("utterance") == u["utterance"]]
+        for u in events.of_type("utterance")
+    ]
+
+
 def events_url(server: ServerProcess, call: str, **query: str) -> str:
     extra = "".join(f"&{k}={v}" for k, v in query.items())
     return f"ws://127.0.0.1:{server.port}/events?call={call}{extra}"

@@ -13,7 +13,12 @@ import pytest
 
 from stream.config import ConfigError, load_settings
 from tests.conftest import TEST_CONFIG
-from tests.harness import EventLog, ServerProcess, assert_call_events_valid, events_url
+from tests.harness import (
+    EventLog,
+    ServerProcess,
+    events_url,
+    messages_per_utterance,
+)
 from tests.media import SPEECH_RATE, Speech
 from tests.peer import Peer, SpeechTrack
 from tests.tiny_llm import build_tiny_llama
@@ -54,11 +59,7 @@ async def test_each_utterance_gets_the_fast_estimate_then_the_smollm2_refinement
     smollm2_server: ServerProcess, speech: Speech, event_validator
 ) -> None:
     events = await stream_call(smollm2_server, "call-llm", speech)
-    assert_call_events_valid(events.messages, event_validator)
-    utterances = events.of_type("utterance")
-    assert len(utterances) == 2
-    for utterance in utterances:
-        mine = [m for m in events.messages if m.get("utterance") == utterance["utterance"]]
+    for mine in messages_per_utterance(events, event_validator, expected=2):
         emotions = [m for m in mine if m["type"] == "emotion"]
         assert [m["type"] for m in mine] == ["utterance", "emotion", "emotion"]
         fast, refined = emotions
@@ -92,11 +93,7 @@ async def test_unparsable_llm_answers_fall_back_to_the_fast_estimate_with_an_err
         health = healthz(server)
     finally:
         server.stop()
-    assert_call_events_valid(events.messages, event_validator)
-    utterances = events.of_type("utterance")
-    assert len(utterances) == 2
-    for utterance in utterances:
-        mine = [m for m in events.messages if m.get("utterance") == utterance["utterance"]]
+    for mine in messages_per_utterance(events, event_validator, expected=2):
         assert [m["type"] for m in mine] == ["utterance", "emotion", "error", "emotion"]
         fast, error, final = mine[1:]
         assert error["code"] == "llm_failed" and "unparsable" in error["message"]

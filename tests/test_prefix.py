@@ -28,7 +28,12 @@ from stream.video.micro import MicroExpressionBuffer  # noqa: E402
 from stream.video.stage import VideoAnalysis, WholeFrames  # noqa: E402
 from stream.video.synth import SyntheticClip, render_clip  # noqa: E402
 from tests.conftest import TEST_CONFIG  # noqa: E402
-from tests.harness import EventLog, ServerProcess, assert_call_events_valid, events_url  # noqa: E402
+from tests.harness import (  # noqa: E402
+    EventLog,
+    ServerProcess,
+    events_url,
+    messages_per_utterance,
+)
 from tests.media import SPEECH_RATE, Speech  # noqa: E402
 from tests.peer import PatternTrack, Peer, SpeechTrack  # noqa: E402
 from tests.test_llm_stage import healthz  # noqa: E402
@@ -188,11 +193,7 @@ async def test_each_utterance_of_a_face_call_is_answered_by_the_llm_reading_the_
     finally:
         server.stop()
 
-    assert_call_events_valid(events.messages, event_validator)
-    utterances = events.of_type("utterance")
-    assert len(utterances) == 2
-    for utterance in utterances:
-        mine = [m for m in events.messages if m.get("utterance") == utterance["utterance"]]
+    for mine in messages_per_utterance(events, event_validator, expected=2):
         assert [m["type"] for m in mine] == ["utterance", "face", "emotion", "emotion"]
         face, fast, final = mine[1:]
         assert face["present"] > 0.8
