@@ -192,12 +192,15 @@ class EventLog:
         await self._ws.send(text)
 
 
-def messages_per_utterance(events: EventLog) -> list[list[dict[str, Any]]]:
-    """For each utterance event, in order, every message about that utterance (the utterance event first)."""
-    return [
-        [m for m in events.messages if m.get("utterance") == u["utterance"]]
-        for u in events.of_type("utterance")
-    ]
+def messages_per_utterance(
+    events: EventLog, validator: jsonschema.Draft202012Validator, expected: int
+) -> list[list[dict[str, Any]]]:
+    """Checks every event against the schema and that `expected` utterances came; then, for each utterance in
+    order, every message about it (the utterance event first)."""
+    assert_call_events_valid(events.messages, validator)
+    utterances = events.of_type("utterance")
+    assert len(utterances) == expected, [u["text"] for u in utterances]
+    return [[m for m in events.messages if m.get("utterance") == u["utterance"]] for u in utterances]
 
 
 def events_url(server: ServerProcess, call: str, **query: str) -> str:
