@@ -75,8 +75,9 @@ def face_video() -> list[bytes]:
 
 async def one_peer(
     server: ServerProcess, call: str, name: str, speech: Speech, frames: list[bytes] | None
-) -> dict[str, list[float]]:
-    """Latencies (s) from each scripted speech end to speech.end, utterance and emotion, as a subscriber sees them."""
+) -> tuple[dict[str, list[float]], float]:
+    """Latencies (s) from each scripted speech end to speech.end, utterance and emotion, as a subscriber sees
+    them, and how long the peer streamed."""
     async with EventLog(events_url(server, call)) as events:
         peer = Peer(server.url, call, name)
         audio = SpeechTrack(speech.samples, SPEECH_RATE)
@@ -90,16 +91,11 @@ async def one_peer(
         await peer.leave()
         await events.wait_for("participant.leave", participant=name, timeout=30)
     arrival = {id(m): t for m, t in zip(events.messages, events.arrivals, strict=True)}
-    latencies: dict[str, list[float]] = {
-        "speech.end": [],
-        "utterance": [],
-        "emotion": [],
-        "streamed_s": [streamed_s],
-    }
+    latencies: dict[str, list[float]] = {"speech.end": [], "utterance": [], "emotion": []}
     for kind in latencies:
         for message, (_, end) in zip(events.of_type(kind, name), speech.spans, strict=False):
             latencies[kind].append(arrival[id(message)] - (audio.started_at + end))
-    return latencies
+    return latencies, streamed_s
 
 
 async def run_concurrent(
@@ -107,7 +103,8 @@ async def run_concurrent(
 ) -> dict[str, Any]:
     before, cpu0, own0, wall0 = scrape(server), server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
     peers = (one_peer(server, f"bench{n}", f"peer{i}", speech, frames) for i in range(n))
-    results = await asyncio.gather(*peers)
+    outcomes = await asyncio.gather(*peers)
+    results = [latencies for latencies, _ in outcomes]
     after, cpu1, own1, wall1 = scrape(server), server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
 
     def delta(name: str) -> float:
@@ -143,7 +140,7 @@ async def run_concurrent(
     }
     if frames:
         analysed = delta('microemo_stage_seconds_count{stage="faces"}')
-        report["analysed_fps_per_peer"] = round(analysed / sum(r["streamed_s"][0] for r in results), 1)
+        report["analysed_fps_per_peer"] = round(analysed / sum(streamed for _, streamed in outcomes), 1)
         report["dropped_frames"] = int(delta("microemo_dropped_frames_total"))
     return report
 

@@ -34,6 +34,17 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`microemo ARGS` in a child process from the repository root, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "stream.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class ServerProcess:
     """`microemo serve` in a child process on a free loopback port; it dies with its parent."""
 

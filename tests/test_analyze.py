@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from stream.video.synth import render_clip
-from tests.harness import ROOT
+from tests.harness import ROOT, run_cli
 from tests.media import Speech, word_error_rate, write_recording
 
 pytestmark = pytest.mark.slow
@@ -25,13 +24,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def run_analyze(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stream.cli", "analyze", *args, "--config", str(ROOT / "config.yaml")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli("analyze", *args, "--config", str(ROOT / "config.yaml"), timeout=300)
 
 
 def test_recorded_call_gives_the_live_events_and_a_timeline(

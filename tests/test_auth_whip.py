@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import TEST_CONFIG
-from tests.harness import ROOT, EventLog, ServerProcess, assert_call_events_valid, events_url
+from tests.harness import EventLog, ServerProcess, assert_call_events_valid, events_url, run_cli
 from tests.media import SPEECH_RATE, Speech
 from tests.peer import Peer, SpeechTrack, WhipPeer
 
@@ -99,13 +97,7 @@ async def test_metrics_need_admin_and_health_is_open(secured: ServerProcess) -> 
 def test_refuses_to_start_off_loopback_without_tokens(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("server:\n  host: 0.0.0.0\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "serve", "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("serve", "--config", str(config))
     assert result.returncode == 2
     assert "auth.tokens" in result.stderr and "0.0.0.0" in result.stderr
 

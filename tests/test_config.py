@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from stream.config import ConfigError, load_settings
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import ROOT, run_cli
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -50,25 +47,13 @@ def test_missing_asr_model_dir_stops_startup_naming_the_path(tmp_path: Path) -> 
     config = write(
         tmp_path, f"server:\n  port: 0\naudio:\n  asr:\n    model_path: {tmp_path}/no-such-model\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "serve", "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("serve", "--config", str(config))
     assert result.returncode != 0
     assert f"{tmp_path}/no-such-model" in result.stderr
 
 
 def test_cli_reports_config_error_and_exits_2(tmp_path: Path) -> None:
     config = write(tmp_path, "hub:\n  subscriber_queue: -1\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "serve", "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("serve", "--config", str(config))
     assert result.returncode == 2
     assert "hub.subscriber_queue" in result.stderr

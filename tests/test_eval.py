@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT
+from tests.harness import ROOT, run_cli
 from tests.media import LABELLED_SCRIPTS, write_labelled_clips
 
 pytestmark = pytest.mark.slow
@@ -17,13 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_eval_scores_the_pipeline_on_labelled_clips(tmp_path: Path) -> None:
     manifest = write_labelled_clips(tmp_path / "clips")
-    result = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "eval", str(manifest), "--config", str(ROOT / "config.yaml")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_cli("eval", str(manifest), "--config", str(ROOT / "config.yaml"), timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     metrics = report["metrics"]
@@ -44,12 +36,6 @@ def test_eval_scores_the_pipeline_on_labelled_clips(tmp_path: Path) -> None:
 def test_eval_names_a_broken_manifest_line(tmp_path: Path) -> None:
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text('{"clip": "x.mp4", "labels": []}\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "eval", str(manifest), "--config", str(ROOT / "config.yaml")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_cli("eval", str(manifest), "--config", str(ROOT / "config.yaml"), timeout=300)
     assert result.returncode == 1
     assert "bad.jsonl:1" in result.stderr

@@ -147,7 +147,7 @@ class Segmenter:
 
     def _sound_end(self, vad_end: float) -> float:
         """The end of the speech's sound in the END_LOOKBACK_S before `vad_end`, or `vad_end` itself."""
-        start, pcm = self._audio.slice(self._speech_t0, vad_end)
+        _, pcm = self._audio.slice(self._speech_t0, vad_end)
         frames = len(pcm) // _LEVEL_FRAME
         if frames < 2 * round(END_LOOKBACK_S * SAMPLE_RATE / _LEVEL_FRAME):
             return vad_end  # too short to tell speech level from its tail
