@@ -1,0 +1,81 @@
+"""LLM stage: refines an utterance's clues into open-vocabulary emotion labels with an explanation, batched across calls.
+
+One job a module: `loading` (settings, finding and loading a causal LM), `messages` (request, result, the
+reasoner protocol), `prompts` (what the LM is asked, how its answers are read), `reasoner` (the LM ranking
+labels or writing JSON), `batcher` (requests of all calls gathered into batches). Callers import from here.
+"""
+
+from model.llm.batcher import BatcherClosedError, BatcherStats, MicroBatcher
+from model.llm.loading import (
+    SMOLLM2_GGUF,
+    SMOLLM2_PACKAGE,
+    LLMModelNotFoundError,
+    LLMSettings,
+    load_causal_lm,
+    model_files,
+    packaged_smollm2,
+    resolve_device,
+    resolve_dtype,
+    smollm2_settings,
+)
+from model.llm.messages import EmotionReasoner, LLMOutputError, ReasoningRequest, ReasoningResult
+from model.llm.prompts import (
+    CONTENT_FREE,
+    EXPLANATION_BRIDGE,
+    JSON_ANSWER_PREFIX,
+    RANK_ANSWER_PREFIX,
+    SENTENCE_ENDS,
+    SYSTEM_PROMPT,
+    GeneratedAnswer,
+    affect_of_top_labels,
+    first_sentence,
+    json_user_message,
+    parse_generated_answer,
+    rank_user_message,
+)
+from model.llm.reasoner import (
+    MAX_PRIOR_LABELS,
+    LLMReasoner,
+    count_until_end,
+    left_pad,
+    positions_of,
+    right_pad,
+)
+
+__all__ = [
+    "CONTENT_FREE",
+    "EXPLANATION_BRIDGE",
+    "JSON_ANSWER_PREFIX",
+    "MAX_PRIOR_LABELS",
+    "RANK_ANSWER_PREFIX",
+    "SENTENCE_ENDS",
+    "SMOLLM2_GGUF",
+    "SMOLLM2_PACKAGE",
+    "SYSTEM_PROMPT",
+    "BatcherClosedError",
+    "BatcherStats",
+    "EmotionReasoner",
+    "GeneratedAnswer",
+    "LLMModelNotFoundError",
+    "LLMOutputError",
+    "LLMReasoner",
+    "LLMSettings",
+    "MicroBatcher",
+    "ReasoningRequest",
+    "ReasoningResult",
+    "affect_of_top_labels",
+    "count_until_end",
+    "first_sentence",
+    "json_user_message",
+    "left_pad",
+    "load_causal_lm",
+    "model_files",
+    "packaged_smollm2",
+    "parse_generated_answer",
+    "positions_of",
+    "rank_user_message",
+    "resolve_device",
+    "resolve_dtype",
+    "right_pad",
+    "smollm2_settings",
+]
