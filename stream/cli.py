@@ -37,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     for command in (serve, analyze, evaluate):
         command.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML config")
     add_train_command(commands)
+    add_data_command(commands)
     args = parser.parse_args(argv)
 
+    if args.command == "data":  # reads file names only: no config, no models
+        setup_logging(LoggingSettings())
+        return build_manifest(args)
     if args.command == "train":  # needs no config file: everything it uses is on the command line
         setup_logging(LoggingSettings())
         return train_model(args)
@@ -161,6 +165,34 @@ def train_model(args: argparse.Namespace) -> int:
         "checkpoint": str(result.checkpoint),
     }
     print(json.dumps(summary), flush=True)
+    return 0
+
+
+def add_data_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from model.training.corpora import READERS
+
+    data = commands.add_parser(
+        "data", help="write the manifest of a labelled corpus (a local copy) and print its clips per class"
+    )
+    data.add_argument("corpus", choices=sorted(READERS))
+    data.add_argument("root", type=Path, help="folder of the local copy")
+    data.add_argument("--out", type=Path, required=True, help="manifest to write (JSON lines)")
+    data.add_argument(
+        "--split", choices=("train", "test", "all"), default="all", help="rows of this split only (all)"
+    )
+
+
+def build_manifest(args: argparse.Namespace) -> int:
+    from model.training.corpora import CorpusError, corpus_clips, count_table, write_manifest
+
+    try:
+        clips = corpus_clips(args.corpus, args.root, args.split)
+    except CorpusError as exc:
+        print(f"microemo: {exc}", file=sys.stderr)
+        return 2
+    written = write_manifest(clips, args.out)
+    print(f"{args.corpus} ({args.split}): {written} clips written to {args.out}")
+    print(count_table(clips))
     return 0
 
 
