@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream import metrics
+from stream import metrics, patches
 from stream.audio.asr import Transcriber, TranscriptionService, make_transcriber
 from stream.audio.vad import SileroModel
 from stream.auth import Authorizer
@@ -27,7 +27,7 @@ from stream.hub import Hub, Subscriber
 from stream.mqtt import MqttBridge
 from stream.session import ParticipantSession
 from stream.video.faces import make_face_analyzer
-from stream.webrtc import pin_host_addresses, rtc_configuration, set_audio_prefetch
+from stream.webrtc import rtc_configuration
 
 log = logging.getLogger(__name__)
 WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
@@ -202,7 +202,7 @@ async def start_session(
 
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        set_audio_prefetch(pc, services.settings.webrtc.audio_prefetch_frames)
+        patches.set_audio_prefetch(pc, services.settings.webrtc.audio_prefetch_frames)
         if not session.tracks:
             raise ValueError("the offer carries no audio or video track")
         await pc.setLocalDescription(await pc.createAnswer())
@@ -337,9 +337,9 @@ def check_face_model(video: VideoSettings) -> None:
 def create_app(settings: Settings, *, transcriber: Transcriber | None = None) -> web.Application:
     """Build the app; models load at start-up. `transcriber` replaces the configured ASR (for tests)."""
     app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
-    pin_host_addresses(settings.webrtc.host_addresses)
 
     async def start(app: web.Application) -> None:
+        patches.apply(settings.webrtc.host_addresses)  # before any peer connection gathers candidates
         asr_settings = settings.audio.asr
         loop = asyncio.get_running_loop()
         vad_model = await loop.run_in_executor(None, SileroModel, settings.audio.vad.threads)

@@ -12,7 +12,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from stream.webrtc import pin_host_addresses
+from stream import patches
 
 FRAME_S = 0.02
 
@@ -138,7 +138,7 @@ class Peer:
     """One participant joining a call over POST /offer, media on loopback only."""
 
     def __init__(self, base_url: str, call: str, participant: str, token: str | None = None) -> None:
-        pin_host_addresses(["127.0.0.1"])
+        patches.apply(["127.0.0.1"])
         self.base_url, self.call, self.participant = base_url, call, participant
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))

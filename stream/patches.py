@@ -1,0 +1,91 @@
+"""Every patch of aiortc and aioice internals, in one place: applied explicitly, checked against their versions."""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version
+
+import aioice.ice
+from aiortc import RTCPeerConnection
+from aiortc.jitterbuffer import JitterBuffer
+
+log = logging.getLogger(__name__)
+
+# The releases these patches were written against and tested with (major.minor): another release may have
+# moved the internals they replace, so start-up says so instead of leaving a setting silently ignored.
+WRITTEN_FOR = {"aiortc": "1.16", "aioice": "0.13"}
+_AUDIO_JITTER_CAPACITY = 16  # packets, as aiortc's own
+_JITTER_BUFFER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"  # RTCRtpReceiver.__jitter_buffer, name-mangled
+_aioice_host_addresses = getattr(aioice.ice, "get_host_addresses", None)  # aioice's own, restored by None
+
+
+class PatchError(RuntimeError):
+    """A patched internal is gone from the installed library: the setting that needs it cannot be honoured."""
+
+
+def version_mismatches() -> list[str]:
+    """One line per library whose installed release is not the one the patches were written for."""
+    lines = []
+    for package, written_for in WRITTEN_FOR.items():
+        installed = version(package)
+        if installed != written_for and not installed.startswith(written_for + "."):
+            lines.append(f"{package} {installed} is installed; the patches were written for {written_for}.x")
+    return lines
+
+
+def apply(host_addresses: list[str] | None) -> None:
+    """Apply the process-wide patches; call once at start-up (the server, a test peer) before any connection.
+
+    host_addresses: the only addresses offered as ICE host candidates (None restores aioice's choice).
+    """
+    for line in version_mismatches():
+        log.warning("%s: check stream/patches.py (ICE host addresses, audio prefetch) still applies", line)
+    pin_host_addresses(host_addresses)
+
+
+def pin_host_addresses(addresses: list[str] | None) -> None:
+    """Offer only these addresses as host candidates (None restores aioice's choice).
+
+    aioice has no option for this and never offers 127.0.0.1, so a single-machine setup would send its media
+    over another interface; the setting is process-wide because aioice reads a module-level function."""
+    if _aioice_host_addresses is None:  # nothing to restore, nothing to pin
+        if addresses is None:
+            return
+        raise PatchError(
+            f"aioice {version('aioice')} has no ice.get_host_addresses to replace, so webrtc.host_addresses "
+            f"cannot be honoured (stream/patches.py was written for aioice {WRITTEN_FOR['aioice']}.x)"
+        )
+    if addresses is None:
+        aioice.ice.get_host_addresses = _aioice_host_addresses
+        return
+    pinned = list(addresses)
+
+    def pinned_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in pinned if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = pinned_addresses
+
+
+def set_audio_prefetch(pc: RTCPeerConnection, frames: int) -> None:
+    """Let each audio receiver of `pc` release a frame once `frames` later ones have arrived (aiortc: 4).
+
+    aiortc holds 4 audio frames (80 ms) to smooth playout; analysis plays nothing out, so the wait is only
+    latency. Packets are still put in order and a lost one is still waited for; only the extra hold goes.
+    Call after setRemoteDescription (which makes the receivers) and before media flows. aiortc has no
+    option for it: its receiver's private buffer is replaced, and a future aiortc without it is logged.
+    """
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind != "audio":
+            continue
+        receiver = transceiver.receiver
+        if not hasattr(receiver, _JITTER_BUFFER_ATTRIBUTE):
+            log.warning(
+                "aiortc %s has no audio jitter buffer to tune (stream/patches.py was written for %s.x); "
+                "webrtc.audio_prefetch_frames ignored",
+                version("aiortc"),
+                WRITTEN_FOR["aiortc"],
+            )
+            return
+        setattr(
+            receiver, _JITTER_BUFFER_ATTRIBUTE, JitterBuffer(capacity=_AUDIO_JITTER_CAPACITY, prefetch=frames)
+        )
