@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream import metrics, patches
@@ -171,17 +172,54 @@ async def whip_patch(request: web.Request) -> web.Response:
 
 
 # -- sessions ------------------------------------------------------------------------------------
+# What aiortc raises for an offer it cannot parse or use (its SDP parser, its checks of the description).
+OFFER_ERRORS = (ValueError, LookupError, InvalidAccessError, InvalidStateError)
+
+
+class BadOffer(Exception):
+    """The SDP offer cannot be answered: the client's fault, a 400."""
+
+
 async def start_session(
     services: Services, call: str, participant: str, sdp: str
 ) -> tuple[ParticipantSession, RTCSessionDescription]:
-    """Answer an SDP offer with a new ParticipantSession; a bad offer is a 400 and leaves nothing behind."""
+    """Answer an SDP offer with a new ParticipantSession; a bad offer is a 400, an internal failure a 500, and
+    neither leaves anything behind."""
     if services.find(call, participant) is not None:
         raise ApiError(409, "participant_exists", f"participant '{participant}' is already in call '{call}'")
+    session_id = uuid.uuid4().hex[:16]
     pc = RTCPeerConnection(rtc_configuration(services.settings.webrtc))
+    try:
+        session = new_session(services, call, participant, session_id, pc)
+    except Exception as exc:
+        await pc.close()
+        raise internal_error(call, participant, session_id, exc) from exc
+    try:
+        await answer_offer(pc, session, sdp, services.settings.webrtc.audio_prefetch_frames)
+    except BadOffer as exc:
+        await session.close("error")
+        raise ApiError(400, "bad_sdp", f"cannot use this SDP offer: {exc}") from exc
+    except Exception as exc:
+        error = internal_error(call, participant, session_id, exc)
+        await session.close("error")
+        raise error from exc
+    services.sessions[session.id] = session
+    services.count()
+    asyncio.get_running_loop().call_later(
+        services.settings.webrtc.connect_timeout_s, _expire_unconnected, session, pc
+    )
+    session.log.info("session %s answered with tracks %s", session.id, session.tracks)
+    return session, pc.localDescription
+
+
+def new_session(
+    services: Services, call: str, participant: str, session_id: str, pc: RTCPeerConnection
+) -> ParticipantSession:
+    """A ParticipantSession wired to its peer connection's tracks and states."""
     session = ParticipantSession(
         call=call,
         participant=participant,
-        session_id=uuid.uuid4().hex[:16],
+        session_id=session_id,
         pc=pc,
         hub=services.hub,
         vad_model=services.vad_model,
@@ -200,22 +238,33 @@ async def start_session(
         elif pc.connectionState in ("failed", "closed"):
             session.close("connection_failed" if pc.connectionState == "failed" else "hangup")
 
+    return session
+
+
+async def answer_offer(pc: RTCPeerConnection, session: ParticipantSession, sdp: str, prefetch: int) -> None:
+    """Set the offer and our answer on `pc`; BadOffer when the offer is at fault, anything else is ours."""
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        patches.set_audio_prefetch(pc, services.settings.webrtc.audio_prefetch_frames)
-        if not session.tracks:
-            raise ValueError("the offer carries no audio or video track")
-        await pc.setLocalDescription(await pc.createAnswer())
-    except Exception as exc:
-        await session.close("error")
-        raise ApiError(400, "bad_sdp", f"cannot use this SDP offer: {exc}") from exc
-    services.sessions[session.id] = session
-    services.count()
-    asyncio.get_running_loop().call_later(
-        services.settings.webrtc.connect_timeout_s, _expire_unconnected, session, pc
+    except OFFER_ERRORS as exc:
+        raise BadOffer(exc) from exc
+    patches.set_audio_prefetch(pc, prefetch)
+    if not session.tracks:
+        raise BadOffer("the offer carries no audio or video track")
+    try:
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+    except OFFER_ERRORS as exc:
+        raise BadOffer(exc) from exc
+
+
+def internal_error(call: str, participant: str, session_id: str, exc: Exception) -> ApiError:
+    """Log an unexpected failure to set up a session with its call, and the 500 that tells the client."""
+    logging.LoggerAdapter(log, {"call": call, "participant": participant}).error(
+        "setting up session %s failed", session_id, exc_info=exc
     )
-    session.log.info("session %s answered with tracks %s", session.id, session.tracks)
-    return session, pc.localDescription
+    return ApiError(
+        500, "internal", f"internal error while setting up session {session_id}; see the server log"
+    )
 
 
 def _expire_unconnected(session: ParticipantSession, pc: RTCPeerConnection) -> None:
