@@ -38,6 +38,11 @@ DROPPED_FRAMES = Counter(
     "Video frames dropped because face analysis fell behind",
     registry=REGISTRY,
 )
+FACE_FAILURES = Counter(
+    "microemo_face_failures_total",
+    "Video frames whose face analysis raised (the frame was skipped)",
+    registry=REGISTRY,
+)
 STAGE_SECONDS = Histogram(
     "microemo_stage_seconds",
     "Compute time of one run of a stage (faces: per analysed frame)",

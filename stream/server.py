@@ -28,6 +28,7 @@ from stream.hub import Hub, Subscriber
 from stream.mqtt import MqttBridge
 from stream.session import ParticipantSession
 from stream.video.faces import make_face_analyzer
+from stream.video.stage import FACE_HEALTH
 from stream.webrtc import rtc_configuration
 
 log = logging.getLogger(__name__)
@@ -347,7 +348,7 @@ async def healthz(request: web.Request) -> web.Response:
     stages: dict[str, Any] = {
         "vad": {"state": "ready", "model": f"silero:{services.vad_model.path.name}"},
         "asr": {"state": "ready", "model": services.asr.transcriber.name, "backlog": services.asr.backlog},
-        "faces": {"state": "ready", "backend": services.settings.video.backend}
+        "faces": FACE_HEALTH.health(services.settings.video.backend)
         if services.settings.video.enabled
         else {"state": "disabled"},
         "emotion": services.emotion.health() if services.emotion else {"state": "disabled"},

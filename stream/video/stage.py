@@ -7,7 +7,9 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
@@ -35,6 +37,42 @@ def next_grid_time(next_t: float, t: float, fps: float) -> float:
     return next_t + period if next_t + period > t else t + period
 
 
+class FaceHealth:
+    """Face-analysis failures in this process, for /healthz: a participant whose analysis failed keeps the stage
+    degraded until it leaves (a broken model fails every frame; one odd frame still deserves a look)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failures = 0  # frames whose analysis raised, since start (also in /metrics)
+        self.failing = 0  # participants still here whose analysis failed at least once
+        self.last_error: str | None = None
+
+    def failed(self, message: str, *, first: bool) -> None:
+        metrics.FACE_FAILURES.inc()
+        with self._lock:
+            self.failures += 1
+            self.failing += int(first)
+            self.last_error = message
+
+    def left(self) -> None:
+        """A participant whose analysis failed has left."""
+        with self._lock:
+            self.failing -= 1
+
+    def health(self, backend: str) -> dict[str, Any]:
+        with self._lock:
+            state = "degraded" if self.failing else "ready"
+            return {
+                "state": state,
+                "backend": backend,
+                "failures": self.failures,
+                "last_error": self.last_error,
+            }
+
+
+FACE_HEALTH = FaceHealth()
+
+
 class VideoAnalysis:
     """The event loop only samples and enqueues frames; decoding to RGB and every model run happen in the
     worker. When the worker falls behind, the oldest queued frames are dropped and counted.
@@ -44,13 +82,27 @@ class VideoAnalysis:
 
     With `whole_frames` (only when a visual encoder serves the LLM stage) the buffer also keeps analysed frames,
     downsized, on that grid, for the same buffer_s: an utterance's FaceWindow then carries them to the encoder.
+
+    A frame whose analysis raises is skipped, counted (`failures`, `health`, /metrics) and logged; at the first
+    one, `on_failure(message)` is called from the worker thread, so that the participant hears of it once.
     """
 
     _live = 0  # instances analysing now, in this process
     _live_lock = threading.Lock()
 
-    def __init__(self, settings: VideoSettings, name: str, whole_frames: WholeFrames | None = None) -> None:
+    def __init__(
+        self,
+        settings: VideoSettings,
+        name: str,
+        whole_frames: WholeFrames | None = None,
+        on_failure: Callable[[str], None] | None = None,
+        health: FaceHealth = FACE_HEALTH,
+    ) -> None:
         self._settings = settings
+        self._name = name
+        self._on_failure = on_failure
+        self._health = health
+        self.failures = 0  # frames whose analysis raised
         self._whole_frames = whole_frames
         self._next_keep_t = 0.0
         self._analyzer: FaceAnalyzer | None = None
@@ -144,8 +196,8 @@ class VideoAnalysis:
             started = time.perf_counter()
             try:
                 self._analyse(frame, t)
-            except Exception:
-                log.exception("face analysis failed at t=%.2f", t)
+            except Exception as exc:
+                self._failed(exc, t)
             metrics.STAGE_SECONDS.labels("faces").observe(time.perf_counter() - started)
             self.analysed_until = t
 
@@ -164,15 +216,32 @@ class VideoAnalysis:
         for face in self._tracker.update(self._analyzer.analyze(rgb, t), t):
             self.buffer.push(face)
 
+    def _failed(self, exc: Exception, t: float) -> None:
+        first = self.failures == 0
+        self.failures += 1
+        message = f"face analysis failed at t={t:.2f} s: {exc!r}"
+        self._health.failed(message, first=first)
+        if not first:  # the first is logged with its traceback; the rest are counted, and summed up at close
+            return
+        log.exception("%s: %s", self._name, message)
+        if self._on_failure is not None:
+            try:
+                self._on_failure(message)
+            except Exception:
+                log.exception("%s: reporting the face-analysis failure failed", self._name)
+
     def close(self) -> None:
         with self._wake:
             self._stopped = True
             self._queue.clear()
             self._wake.notify()
         self._thread.join(timeout=5)
-        if self._counted:
+        if self._counted:  # once, however often close is called
             self._counted = False
             with VideoAnalysis._live_lock:
                 VideoAnalysis._live -= 1
+            if self.failures:
+                log.warning("%s: face analysis failed on %d frames", self._name, self.failures)
+                self._health.left()
         if self._analyzer is not None:
             self._analyzer.close()
