@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     evaluate.add_argument("manifest", type=Path)
     evaluate.add_argument("--top-k", type=int, default=3, help="labels per clip compared with the truth")
+    evaluate.add_argument("--out", type=Path, help="write the whole report here (JSON); prints a summary")
+    evaluate.add_argument("--limit", type=int, help="score only the first N clips of the manifest")
     for command in (serve, analyze, evaluate):
         command.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML config")
     add_train_command(commands)
@@ -91,19 +93,32 @@ def analyze_file(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def evaluate_clips(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+
     from model.evaluation import ManifestError
-    from stream.evaluate import evaluate_manifest
+    from stream.evaluate import evaluate_manifest, summary
     from stream.offline import OfflinePipeline
 
+    if args.limit is not None and args.limit < 1:
+        print(f"microemo: --limit must be at least 1, got {args.limit}", file=sys.stderr)
+        return 2
     pipeline = OfflinePipeline(settings)
     try:
-        report = asyncio.run(evaluate_manifest(pipeline, args.manifest, top_k=args.top_k))
+        report = asyncio.run(
+            evaluate_manifest(pipeline, args.manifest, top_k=args.top_k, limit=args.limit, progress=True)
+        )
     except (ManifestError, RuntimeError, ValueError, OSError) as exc:
         print(f"microemo: {exc}", file=sys.stderr)
         return 1
     finally:
         pipeline.close()
-    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    console = Console(markup=False)  # clip names and group values are plain text, whatever brackets they hold
+    console.print(summary(report))
+    if args.out:
+        console.print(f"full report: {args.out}", highlight=False)
     return 0
 
 

@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from model.evaluation import ClipPrediction, evaluate, load_manifest
+import av
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Column, Table
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from model.evaluation import (
+    ClipPrediction,
+    LabelledClip,
+    ManifestError,
+    evaluate,
+    load_manifest,
+    predicted_family,
+    true_family,
+)
 from model.vocabulary import EmotionVocabulary
-from stream.offline import OfflinePipeline
+
+if TYPE_CHECKING:  # the pipeline's heavy imports are not needed to read or print a report
+    from stream.offline import OfflinePipeline
+
+log = logging.getLogger(__name__)
 
 
-def clip_prediction(messages: list[dict[str, Any]], top_k: int) -> ClipPrediction:
-    """One reading of a whole clip: its final emotion estimates, each weighted by its utterance's length."""
+def clip_prediction(messages: list[dict[str, Any]], top_k: int) -> ClipPrediction | None:
+    """One reading of a whole clip: its final emotion estimates, each weighted by its utterance's length.
+
+    None when the clip got no final estimate (e.g. nobody spoke): the clip is unanswered, not neutral.
+    """
     estimates = [m for m in messages if m["type"] == "emotion" and m["final"]]
     if not estimates:
-        return ClipPrediction(labels=("neutral",), valence=0.0, arousal=0.0)
+        return None
     weights = [max(0.1, m["t1"] - m["t0"]) for m in estimates]
     total = sum(weights)
     scores: dict[str, float] = defaultdict(float)
@@ -31,26 +55,157 @@ def clip_prediction(messages: list[dict[str, Any]], top_k: int) -> ClipPredictio
     )
 
 
-async def evaluate_manifest(pipeline: OfflinePipeline, manifest: Path, top_k: int = 3) -> dict[str, Any]:
-    clips = load_manifest(manifest)
-    predictions, details = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for clip in clips:
-            messages = await pipeline.analyze(clip.clip, Path(tmp) / "events.jsonl", progress=False)
+def clip_models(messages: list[dict[str, Any]]) -> list[str]:
+    """The models whose final estimates a clip's prediction rests on."""
+    return sorted({m["model"] for m in messages if m["type"] == "emotion" and m["final"]})
+
+
+async def evaluate_manifest(
+    pipeline: OfflinePipeline,
+    manifest: Path,
+    top_k: int = 3,
+    *,
+    limit: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run the first `limit` clips (all by default) of a manifest through `pipeline` and score them.
+
+    Keys: manifest, models, metrics, baseline, per_family, confusion, groups, unanswered, failed, clips (one
+    detail per clip). A clip whose decoding fails is logged, named in `failed` and scored as unanswered.
+    """
+    vocabulary = EmotionVocabulary.load()
+    clips = load_manifest(manifest)[:limit]
+    try:  # before any clip runs: a clip that could not be scored would waste the whole run
+        truth = [true_family(clip, vocabulary) for clip in clips]
+    except ManifestError as exc:
+        raise ManifestError(f"{manifest}: {exc}") from exc
+    missing = [clip.name for clip in clips if not clip.clip.is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ManifestError(f"{manifest}: {len(missing)} clip file(s) not found: {shown}")
+    predictions: list[ClipPrediction | None] = []
+    details, failed, hits = [], [], 0
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        logging_redirect_tqdm() if progress else nullcontext(),  # log lines above the bar, not through it
+        tqdm(total=len(clips), unit="clip", desc="eval", disable=not progress) as bar,
+    ):
+        for clip, family in zip(clips, truth, strict=True):
+            error = None
+            try:
+                messages = await pipeline.analyze(clip.clip, Path(tmp) / "events.jsonl", progress=False)
+            # A broken file among thousands should not end the run (PyAV's errors are FFmpegErrors).
+            except (RuntimeError, OSError, av.error.FFmpegError) as exc:
+                log.warning("eval: %s could not be analysed, scored as unanswered: %s", clip.name, exc)
+                messages, error = [], str(exc)
+                failed.append(clip.name)
             prediction = clip_prediction(messages, top_k)
             predictions.append(prediction)
-            details.append(
-                {
-                    "clip": clip.clip.name,
-                    "truth": {"labels": list(clip.labels), "valence": clip.valence, "arousal": clip.arousal},
-                    "predicted": {
-                        "labels": list(prediction.labels),
-                        "valence": round(prediction.valence, 3),
-                        "arousal": round(prediction.arousal, 3),
-                    },
-                    "transcript": " ".join(m["text"] for m in messages if m["type"] == "utterance"),
-                }
+            details.append(clip_detail(clip, family, prediction, messages, vocabulary, error))
+            hits += details[-1]["predicted"]["family"] == family
+            bar.set_postfix(accuracy=f"{hits / len(details):.2f}", refresh=False)
+            bar.update()
+    scores = evaluate(clips, predictions, vocabulary, top_k=top_k)
+    models = sorted({model for detail in details for model in detail["models"]})
+    return {"manifest": str(manifest), "models": models, **scores, "failed": failed, "clips": details}
+
+
+def clip_detail(
+    clip: LabelledClip,
+    family: str,
+    prediction: ClipPrediction | None,
+    messages: list[dict[str, Any]],
+    vocabulary: EmotionVocabulary,
+    error: str | None,
+) -> dict[str, Any]:
+    detail: dict[str, Any] = {
+        "clip": clip.name,
+        "groups": dict(clip.groups),
+        "models": clip_models(messages),
+        "answered": prediction is not None,
+        "truth": {
+            "family": family,
+            "labels": list(clip.labels),
+            "valence": clip.valence,
+            "arousal": clip.arousal,
+        },
+        "predicted": {
+            "family": predicted_family(prediction, vocabulary),
+            "labels": list(prediction.labels) if prediction else [],
+            "valence": round(prediction.valence, 3) if prediction else None,
+            "arousal": round(prediction.arousal, 3) if prediction else None,
+        },
+        "transcript": " ".join(m["text"] for m in messages if m["type"] == "utterance"),
+    }
+    if error is not None:
+        detail["error"] = error
+    return detail
+
+
+def summary(report: dict[str, Any], max_group_rows: int = 20) -> Group:
+    """A short human reading of a report: headline scores beside the baseline, per family, confusion, groups."""
+    metrics, baseline = report["metrics"], report["baseline"]
+    title = (
+        f"{report['manifest']}: {metrics['clips']} clips, {metrics['answered']} answered, "
+        f"{metrics['unanswered']} unanswered; models: {', '.join(report['models']) or '-'}"
+    )
+    headline = numbers_table("", ["model", f"majority ({baseline['family']})"])
+    for name, key in (("accuracy", "accuracy"), ("weighted F1", "weighted_f1"), ("UAR", "uar")):
+        headline.add_row(name, number(metrics[key]), number(baseline[key]))
+    affect = (
+        f"CCC valence {number(metrics['ccc_valence'])}, arousal {number(metrics['ccc_arousal'])} "
+        f"over {metrics['ccc_clips']} clips"
+        if metrics["ccc_valence"] is not None
+        else f"CCC: none ({metrics['ccc_clips']} answered clips with valence and arousal; 2 needed)"
+    )
+    labels = (
+        f"labels (top {metrics['top_k']}): precision {number(metrics['label_precision'])}, "
+        f"recall {number(metrics['label_recall'])}"
+    )
+    families = numbers_table("family", ["support", "predicted", "precision", "recall", "F1"])
+    for family, s in report["per_family"].items():
+        families.add_row(
+            family,
+            str(s["support"]),
+            str(s["predicted"]),
+            *map(number, (s["precision"], s["recall"], s["f1"])),
+        )
+    parts: list[RenderableType] = [
+        title,
+        headline,
+        affect,
+        labels,
+        families,
+        confusion_table(report["confusion"]),
+    ]
+    for key, by_value in report["groups"].items():
+        groups = numbers_table(f"by {key}", ["clips", "accuracy", "weighted F1", "majority share"])
+        for value, s in list(by_value.items())[:max_group_rows]:
+            groups.add_row(
+                value, str(s["clips"]), *map(number, (s["accuracy"], s["weighted_f1"], s["majority_share"]))
             )
-    models = sorted({m["model"] for m in messages if m["type"] == "emotion"}) if clips else []
-    report = evaluate(clips, predictions, EmotionVocabulary.load(), top_k=top_k)
-    return {"manifest": str(manifest), "models": models, "metrics": report, "clips": details}
+        if len(by_value) > max_group_rows:
+            groups.caption = f"and {len(by_value) - max_group_rows} more in the JSON report"
+        parts.append(groups)
+    for title, names in (("unanswered", report["unanswered"]), ("failed to decode", report["failed"])):
+        if names:
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            parts.append(f"{title} ({len(names)}): {shown}")
+    return Group(*parts)
+
+
+def confusion_table(confusion: dict[str, Any]) -> Table:
+    # Only the rows of families the corpus has; every column, so a misreading shows wherever it goes.
+    matrix = numbers_table("truth \\ predicted", [name[:4] for name in confusion["predicted"]])
+    for family, counts in zip(confusion["truth"], confusion["counts"], strict=True):
+        if sum(counts):
+            matrix.add_row(family, *map(str, counts))
+    return matrix
+
+
+def numbers_table(first: str, columns: list[str]) -> Table:
+    return Table(first, *(Column(name, justify="right") for name in columns), box=box.SIMPLE_HEAD)
+
+
+def number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
