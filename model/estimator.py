@@ -4,25 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from model.cues import AudioClues, Clues, TextClues, VisualClues
+from model.heads import EmotionHeads, HeadReading, affect_of, face_features, voice_features
 from model.vocabulary import EXPRESSION_FAMILY, FAMILIES, EmotionVocabulary, RankWeights
 
 NAMED_EMOTION_BOOST = 0.6
 MODEL_NAME = "fast-fusion/1 (text: vader+minilm; face: au+fer; voice: parselmouth)"
-
-# Where each basic family sits on valence/arousal (-1..1), after Russell's circumplex.
-FAMILY_AFFECT: dict[str, tuple[float, float]] = {
-    "happiness": (0.8, 0.35),
-    "surprise": (0.2, 0.8),
-    "anger": (-0.7, 0.7),
-    "fear": (-0.7, 0.6),
-    "disgust": (-0.7, 0.25),
-    "sadness": (-0.7, -0.45),
-    "neutral": (0.0, -0.1),
-}
+# The rules' face reading, mixed this much with uniform, stands in for a face head when none is trained
+RULES_FACE_TRUST = 0.5
+HEADS_TEXT_WEIGHT = 1.0  # the words' say in valence beside the heads' (which never heard real dialogue)
 
 # Action units read as each basic family (Ekman's prototypes). Mouth opening and lip press are left out:
 # while a person speaks they move with articulation, not with emotion.
@@ -100,15 +94,17 @@ class FastEstimator:
         self._temperature = temperature
         self.name = MODEL_NAME
 
-    def estimate(self, clues: Clues) -> EmotionEstimate:
+    def fuse(self, clues: Clues) -> tuple[float, float, dict[str, float], tuple[AffectVote, ...]]:
+        """Valence, arousal, basic families and the votes behind them: hand-set rules per modality."""
         votes = tuple(
             vote
             for vote in (text_vote(clues.text), visual_vote(clues.visual), audio_vote(clues.audio))
             if vote is not None
         )
-        valence = _weighted(votes, "valence")
-        arousal = _weighted(votes, "arousal")
-        families = _fused_families(votes)
+        return _weighted(votes, "valence"), _weighted(votes, "arousal"), _fused_families(votes), votes
+
+    def estimate(self, clues: Clues) -> EmotionEstimate:
+        valence, arousal, families, votes = self.fuse(clues)
         embedding = clues.text.embedding if clues.text is not None else None
         ranked = self.vocabulary.rank(
             valence,
@@ -190,7 +186,7 @@ def visual_vote(visual: VisualClues | None) -> AffectVote | None:
     if visual.expression:
         fer = _normalised({EXPRESSION_FAMILY[k]: v for k, v in visual.expression.items()})
         families = _normalised({f: 0.6 * families.get(f, 0.0) + 0.4 * fer.get(f, 0.0) for f in FAMILIES})
-    valence, arousal = _affect_of(families)
+    valence, arousal = affect_of(families)
     confidence = visual.present * (0.4 + 0.6 * min(1.0, strength / 0.3))
     evidence = [
         f"{REGION_WORDS.get(e.region, e.region)} {e.onset:.2f}–{e.offset:.2f} s ({e.kind})"
@@ -279,12 +275,6 @@ def _normalised(scores: Mapping[str, float]) -> dict[str, float]:
     return {k: max(0.0, s) / total for k, s in scores.items()}
 
 
-def _affect_of(families: Mapping[str, float]) -> tuple[float, float]:
-    valence = sum(p * FAMILY_AFFECT[f][0] for f, p in families.items())
-    arousal = sum(p * FAMILY_AFFECT[f][1] for f, p in families.items())
-    return float(valence), float(arousal)
-
-
 def explain(
     label: str, valence: float, arousal: float, votes: tuple[AffectVote, ...], text: TextClues | None
 ) -> str:
@@ -297,3 +287,66 @@ def explain(
 
 def _shorten(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+class HeadsEstimator(FastEstimator):
+    """Learned heads (model/heads.py) read voice and face; their fusion gives the basic families, valence and
+    arousal. The words keep their rule-based say in valence (no labelled dialogue exists here to learn it
+    from) and in the open-vocabulary ranking on top."""
+
+    def __init__(self, vocabulary: EmotionVocabulary, heads: EmotionHeads, **options: Any) -> None:
+        super().__init__(vocabulary, **options)
+        self.heads = heads
+        self.name = heads.name
+
+    def fuse(self, clues: Clues) -> tuple[float, float, dict[str, float], tuple[AffectVote, ...]]:
+        voice = face = None
+        votes: list[AffectVote] = []
+        if clues.audio is not None and clues.audio.voice is not None:
+            voice = self.heads.read_voice(voice_features(clues.audio.voice, clues.audio.prosody))
+            votes.append(_head_vote("audio", voice, audio_vote(clues.audio)))
+        if clues.visual is not None:
+            v = clues.visual
+            face = self.heads.read_face(face_features(v.present, v.action_units, v.expression))
+            rules = visual_vote(v)
+            if face is None and rules is not None:  # no face head trained: the rules' reading stands in
+                face = _tempered(rules.families)
+            if face is not None:
+                votes.append(_head_vote("visual", face, rules))
+        fused = self.heads.fusion.fuse({"voice": voice, "face": face})
+        valence = fused.valence
+        text = text_vote(clues.text)
+        if text is not None:
+            votes.insert(0, text)
+            weight = HEADS_TEXT_WEIGHT * text.valence_weight
+            valence = (valence + weight * text.valence) / (1 + weight)
+        return float(np.clip(valence, -1, 1)), fused.arousal, fused.families, tuple(votes)
+
+
+def _head_vote(modality: str, reading: HeadReading, rules: AffectVote | None) -> AffectVote:
+    """A head's reading as a vote, its evidence the head's top family beside the rules' clues and times."""
+    top = max(reading.families, key=reading.families.__getitem__)
+    evidence: tuple[str, ...] = (f"{modality} reads as {top} ({reading.families[top]:.2f})",)
+    if rules is not None:
+        evidence += rules.evidence
+    return AffectVote(
+        modality=modality,
+        valence=reading.valence,
+        arousal=reading.arousal,
+        valence_weight=1.0,
+        arousal_weight=1.0,
+        families=reading.families,
+        family_weight=1.0,
+        evidence=evidence,
+    )
+
+
+def _tempered(families: Mapping[str, float]) -> HeadReading:
+    """The rules' face families, flattened towards uniform: hand-set rules are trusted less than a head."""
+    uniform = 1.0 / len(FAMILIES)
+    mixed = {
+        f: RULES_FACE_TRUST * float(families.get(f, 0.0)) + (1 - RULES_FACE_TRUST) * uniform for f in FAMILIES
+    }
+    if not families:
+        mixed = {f: uniform for f in FAMILIES}
+    return HeadReading(mixed, *affect_of(mixed))

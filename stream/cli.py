@@ -40,11 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--config", type=Path, default=Path("config.yaml"), help="YAML config")
     add_train_command(commands)
     add_data_command(commands)
+    add_train_heads_command(commands)
     args = parser.parse_args(argv)
 
     if args.command == "data":  # reads file names only: no config, no models
         setup_logging(LoggingSettings())
         return build_manifest(args)
+    if args.command == "train-heads":  # needs no config file: the live defaults cut and encode the clips
+        setup_logging(LoggingSettings())
+        return train_heads_command(args)
     if args.command == "train":  # needs no config file: everything it uses is on the command line
         setup_logging(LoggingSettings())
         return train_model(args)
@@ -180,6 +184,42 @@ def train_model(args: argparse.Namespace) -> int:
         "checkpoint": str(result.checkpoint),
     }
     print(json.dumps(summary), flush=True)
+    return 0
+
+
+def add_train_heads_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    heads = commands.add_parser(
+        "train-heads", help="train the voice head and the fusion on labelled clips (CPU, minutes)"
+    )
+    heads.add_argument("manifests", type=Path, nargs="+", help="labelled clips, JSON lines (split 'train')")
+    heads.add_argument("--out", type=Path, required=True, help="folder for heads.npz, report.json, features")
+    heads.add_argument(
+        "--features", type=Path, help="voice feature cache shared between runs (OUT/voice_features.npz)"
+    )
+    heads.add_argument("--seed", type=int, default=0)
+    heads.add_argument("--epochs", type=int, help="passes over the utterances (60)")
+    heads.add_argument("--hidden", type=int, help="hidden units of each head (256)")
+
+
+def train_heads_command(args: argparse.Namespace) -> int:
+    """Prints the report (training data, speaker-grouped cross-validated scores) as JSON."""
+    import dataclasses
+
+    from model.evaluation import ManifestError
+    from model.training.heads import HeadConfig
+    from stream.train_heads import train_heads
+
+    given = {"epochs": args.epochs, "hidden": args.hidden}
+    config = dataclasses.replace(
+        HeadConfig(seed=args.seed), **{k: v for k, v in given.items() if v is not None}
+    )
+    try:
+        report = train_heads(args.manifests, args.out, config, features=args.features)
+    except (FileNotFoundError, ManifestError, ValueError) as exc:  # ReservedClipError is a ValueError
+        print(f"microemo: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2), flush=True)
+    print(f"heads written to {args.out / 'heads.npz'}", file=sys.stderr)
     return 0
 
 

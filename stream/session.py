@@ -290,6 +290,7 @@ class ParticipantSession:
             ),
             pcm=utterance.pcm,
             face=face_evidence(window) if window is not None else None,
+            voice=transcript.voice,
         )
         try:
             clues, estimate = await self._emotion.estimate(request, self._speaker)

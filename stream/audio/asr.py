@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from model.heads import pool_encoder_states
 from stream import metrics
 from stream.audio.resample import SAMPLE_RATE
 from stream.config import AsrSettings
@@ -33,6 +35,9 @@ class Transcript:
     words: tuple[Word, ...]
     lang: str
     seconds: float = 0.0  # compute time spent, for the real-time factor
+    # (2 D,) float32: mean and std over time of the Whisper encoder's states of this audio (what the voice
+    # emotion head reads; computed by the transcription anyway); None for a transcriber without an encoder
+    voice: np.ndarray | None = None
 
 
 class Transcriber(Protocol):
@@ -62,7 +67,7 @@ def resolve_model_path(model_path: Path | None) -> Path:
 
 
 class FasterWhisperTranscriber:
-    """Whisper through faster-whisper (CTranslate2), word timestamps on."""
+    """Whisper through faster-whisper (CTranslate2), word timestamps on; keeps the encoder's states."""
 
     def __init__(self, settings: AsrSettings) -> None:
         from faster_whisper import WhisperModel
@@ -76,9 +81,22 @@ class FasterWhisperTranscriber:
             compute_type=settings.compute_type,
             cpu_threads=settings.cpu_threads,
         )
+        # The first encoder pass of each transcription is the whole utterance (< 30 s): keep its states,
+        # per worker thread, for the voice emotion head, instead of encoding the audio a second time.
+        self._kept = threading.local()
+        self._encode = encode = self._model.encode
+
+        def encode_and_keep(features: np.ndarray) -> Any:
+            output = encode(features)
+            if getattr(self._kept, "states", None) is None:
+                self._kept.states = _to_numpy(output)
+            return output
+
+        self._model.encode = encode_and_keep  # type: ignore[method-assign]
 
     def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
         started = time.perf_counter()
+        self._kept.states = None
         segments, info = self._model.transcribe(
             pcm,
             language=self._settings.language,
@@ -93,12 +111,30 @@ class FasterWhisperTranscriber:
             texts.append(segment.text.strip())
             for w in segment.words or []:
                 words.append(Word(w.word.strip(), t_offset + w.start, t_offset + w.end, float(w.probability)))
+        states = self._kept.states
         return Transcript(
             text=" ".join(t for t in texts if t),
             words=tuple(words),
             lang=info.language,
             seconds=time.perf_counter() - started,
+            voice=None if states is None else pool_encoder_states(states, len(pcm)),
         )
+
+    def voice_states(self, pcm: np.ndarray) -> np.ndarray:
+        """(2 D,) pooled encoder states of `pcm` without decoding: the same numbers `transcribe` keeps."""
+        from faster_whisper.audio import pad_or_trim
+
+        features = self._model.feature_extractor(pcm)
+        return pool_encoder_states(_to_numpy(self._encode(pad_or_trim(features))), len(pcm))
+
+
+def _to_numpy(storage: object) -> np.ndarray:
+    """A CTranslate2 StorageView (1, T, D) of encoder states → (T, D) float32 on the CPU."""
+    import ctranslate2
+
+    if getattr(storage, "device", "cpu") != "cpu":
+        storage = storage.to_device(ctranslate2.Device.cpu)  # type: ignore[attr-defined]
+    return np.asarray(storage, dtype=np.float32)[0]
 
 
 def make_transcriber(settings: AsrSettings) -> Transcriber:

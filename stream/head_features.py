@@ -1,0 +1,124 @@
+"""Labelled clips → what the emotion heads read, computed by the live stages (for `microemo train-heads`).
+
+Each clip's audio goes through the same VAD and segmenter as a call, so the heads learn on the utterances the
+server would cut (speech with its padding, not the clip's silences); each utterance's Whisper encoder states
+come from the same model the transcription runs, and its prosody from the same measure. Features are cached
+per clip (keyed by path, size and mtime) in one .npz, so a second run over the same corpus is quick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from model.heads import voice_features
+from model.prosody import measure_prosody
+from stream.audio.asr import FasterWhisperTranscriber
+from stream.audio.resample import PcmChunk
+from stream.audio.segmenter import ClosedUtterance, Segmenter
+from stream.audio.vad import SileroModel
+from stream.config import AsrSettings, VadSettings
+
+log = logging.getLogger(__name__)
+SAMPLE_RATE = 16_000
+SAVE_EVERY = 200  # clips computed between cache writes
+
+
+@dataclass(frozen=True, slots=True)
+class ClipVoice:
+    """The voice features of each utterance the VAD found in one clip: (U, F) float32, U may be 0."""
+
+    clip: Path
+    features: npt.NDArray[np.float32]
+
+
+class VoiceFeatureExtractor:
+    def __init__(self, vad: VadSettings | None = None, asr: AsrSettings | None = None) -> None:
+        self._vad_settings = vad or VadSettings()
+        self._vad = SileroModel(threads=1)
+        self._transcriber = FasterWhisperTranscriber(asr or AsrSettings())
+
+    def utterances(self, pcm: npt.NDArray[np.float32]) -> list[ClosedUtterance]:
+        """The utterances a live call would close from this audio (the end of the clip closes the last)."""
+        s = self._vad_settings
+        segmenter = Segmenter(
+            threshold=s.threshold,
+            neg_threshold=s.neg_threshold,
+            min_speech_ms=s.min_speech_ms,
+            min_silence_ms=s.min_silence_ms,
+            speech_pad_ms=s.speech_pad_ms,
+            max_utterance_s=s.max_utterance_s,
+        )
+        stream = self._vad.stream()
+        events = []
+        for scored, prob in stream.push(PcmChunk(0.0, pcm)):
+            events += segmenter.push(scored.t, scored.samples, prob)
+        events += segmenter.flush()
+        return [e for e in events if isinstance(e, ClosedUtterance)]
+
+    def voice_states(self, pcm: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return self._transcriber.voice_states(pcm)
+
+    @property
+    def transcriber(self) -> FasterWhisperTranscriber:
+        return self._transcriber
+
+    def clip(self, path: Path) -> ClipVoice:
+        from faster_whisper.audio import decode_audio
+
+        pcm = decode_audio(str(path), sampling_rate=SAMPLE_RATE).astype(np.float32)
+        rows = [
+            voice_features(self.voice_states(u.pcm), measure_prosody(u.pcm)) for u in self.utterances(pcm)
+        ]
+        return ClipVoice(path, np.stack(rows) if rows else np.zeros((0, self.dimension), np.float32))
+
+    @cached_property
+    def dimension(self) -> int:
+        silence = np.zeros(SAMPLE_RATE, np.float32)
+        return len(voice_features(self._transcriber.voice_states(silence), measure_prosody(silence)))
+
+
+def extract_voice(
+    clips: Sequence[Path], cache: Path, extractor: VoiceFeatureExtractor | None = None
+) -> list[ClipVoice]:
+    """Voice features of every clip, from the cache where a clip is unchanged; the cache is rewritten."""
+    stored: dict[str, npt.NDArray[np.float32]] = {}
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as data:
+            stored = {key: data[key] for key in data.files}
+    result, fresh = [], 0
+    for path in tqdm(clips, desc="voice features", unit="clip", disable=None):
+        key = _cache_key(path)
+        if key not in stored:
+            extractor = extractor or VoiceFeatureExtractor()
+            stored[key] = extractor.clip(path).features
+            fresh += 1
+            if fresh % SAVE_EVERY == 0:  # an interrupted run keeps most of its work
+                _save(cache, stored)
+        result.append(ClipVoice(path, stored[key]))
+    if fresh:
+        _save(cache, stored)
+    log.info(
+        "voice features: %d clips, %d computed, %d from %s", len(clips), fresh, len(clips) - fresh, cache
+    )
+    return result
+
+
+def _save(cache: Path, stored: dict[str, npt.NDArray[np.float32]]) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.stem + ".partial.npz")
+    np.savez(tmp, **stored)  # type: ignore[arg-type]
+    tmp.replace(cache)
+
+
+def _cache_key(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()

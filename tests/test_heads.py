@@ -1,0 +1,180 @@
+"""The learned emotion heads: features, training on a tiny generated corpus, refusal of reserved clips,
+the shipped weights, and the estimator built on them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.cues import AudioClues, Clues, TextClues
+from model.estimator import HeadsEstimator
+from model.heads import (
+    DEFAULT_HEADS,
+    WHISPER_FRAME_SAMPLES,
+    EmotionHeads,
+    Fusion,
+    HeadReading,
+    pool_encoder_states,
+    voice_features,
+)
+from model.prosody import measure_prosody
+from model.text_affect import analyse_text
+from model.training.heads import HeadConfig
+from model.vocabulary import FAMILIES, EmotionVocabulary
+from stream.train_heads import train_heads
+from tests.harness import run_cli
+from tests.media import SPEECH_RATE, decode_mono
+
+SENTENCES = ("The train leaves at noon", "Put the box on the table", "We talked about the weather")
+# Two made-up "emotions" spoken by two espeak voices: loud, fast and high versus soft, slow and low.
+STYLES = {"anger": ["-s", "230", "-p", "85", "-a", "180"], "sadness": ["-s", "110", "-p", "15", "-a", "50"]}
+VOICES = ("en-us", "en+f3")
+
+
+def test_pooling_reads_only_the_frames_of_the_audio() -> None:
+    states = np.zeros((1500, 4), np.float32)
+    states[:50] = 1.0  # 1 s of audio is 50 encoder frames; the rest is the 30 s window's padding
+    pooled = pool_encoder_states(states, n_samples=SPEECH_RATE)
+    assert pooled.shape == (8,)
+    assert np.allclose(pooled[:4], 1.0) and np.allclose(pooled[4:], 0.0)  # mean 1, std 0 over its frames
+    assert np.allclose(pool_encoder_states(states, n_samples=2 * SPEECH_RATE)[:4], 0.5)
+    assert WHISPER_FRAME_SAMPLES * 50 == SPEECH_RATE
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 clips: 2 voices (the speakers) × 2 styles × 3 sentences, with a manifest of the training split."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    folder = tmp_path_factory.mktemp("tiny_corpus")
+    lines = []
+    for voice in VOICES:
+        for family, style in STYLES.items():
+            for i, sentence in enumerate(SENTENCES):
+                name = f"{voice.replace('+', '_')}-{family}-{i}.wav"
+                subprocess.run(
+                    ["espeak-ng", "-v", voice, *style, "-w", str(folder / name), sentence], check=True
+                )
+                row = {"clip": name, "labels": [family], "family": family, "dataset": "tiny"}
+                lines.append(json.dumps({**row, "speaker": voice, "split": "train"}))
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("heads")
+    config = HeadConfig(epochs=40, folds=2)  # two speakers: each fold is read by a head trained on the other
+    report = train_heads([tiny_corpus / "train.jsonl"], out, config)
+    return report, out
+
+
+def test_training_learns_the_styles_across_speakers(trained: tuple[dict, Path]) -> None:
+    report, out = trained
+    assert report["trained_on"]["clips"] == 12 and report["trained_on"]["speakers"] == 2
+    assert report["trained_on"]["clips_without_speech"] == 0
+    # every utterance read by a head that never heard its voice: the styles still separate
+    assert report["cross_validated"]["voice"]["accuracy"] >= 0.8
+    heads = EmotionHeads.load(out / "heads.npz")
+    assert heads.name == "heads/1" and heads.face is None
+    cached = np.load(out / "voice_features.npz")
+    rows = np.concatenate([cached[key] for key in cached.files])
+    readings = [heads.read_voice(row) for row in rows]
+    assert all(abs(sum(r.families.values()) - 1) < 1e-6 for r in readings)
+    assert {max(r.families, key=r.families.__getitem__) for r in readings} == {"anger", "sadness"}
+
+
+def test_training_is_deterministic_with_a_seed(
+    tiny_corpus: Path, trained: tuple[dict, Path], tmp_path: Path
+) -> None:
+    _, first = trained
+    again = train_heads(
+        [tiny_corpus / "train.jsonl"],
+        tmp_path,
+        HeadConfig(epochs=40, folds=2),
+        features=first / "voice_features.npz",
+    )
+    assert again["cross_validated"] == trained[0]["cross_validated"]
+    a, b = np.load(first / "heads.npz"), np.load(tmp_path / "heads.npz")
+    assert a.files == b.files
+    for key in a.files:
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_training_refuses_clips_reserved_for_evaluation(tiny_corpus: Path, tmp_path: Path) -> None:
+    for reserved in ({"dataset": "emodb", "split": "test"}, {"dataset": "ravdess", "split": "test"}):
+        row = {"clip": "en-us-anger-0.wav", "labels": ["angry"], "speaker": "x", **reserved}
+        manifest = tiny_corpus / f"reserved-{reserved['dataset']}.jsonl"
+        manifest.write_text(json.dumps(row) + "\n")
+        result = run_cli("train-heads", str(manifest), "--out", str(tmp_path / "out"))
+        assert result.returncode == 2
+        assert "reserved for evaluation" in result.stderr
+    assert not (tmp_path / "out" / "heads.npz").exists()
+
+
+def test_fusion_answers_its_prior_without_any_modality() -> None:
+    bias = np.log(np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.4], np.float32))
+    fusion = Fusion(
+        bias, {"voice": 1.0, "face": 1.0}, {m: np.zeros(7, np.float32) for m in Fusion.MODALITIES}
+    )
+    prior = fusion.fuse({"voice": None, "face": None})
+    assert prior.families["neutral"] == pytest.approx(0.4)
+    angry = {f: (0.94 if f == "anger" else 0.01) for f in FAMILIES}
+    with_voice = fusion.fuse({"voice": HeadReading(angry, -0.7, 0.7), "face": None})
+    assert max(with_voice.families, key=with_voice.families.__getitem__) == "anger"
+    assert with_voice.arousal > prior.arousal
+
+
+@pytest.fixture(scope="module")
+def shipped() -> EmotionHeads:
+    return EmotionHeads.load(DEFAULT_HEADS)
+
+
+def test_shipped_heads_are_small_and_say_what_they_were_trained_on(shipped: EmotionHeads) -> None:
+    assert DEFAULT_HEADS.stat().st_size < 5_000_000
+    assert shipped.name.startswith("heads/")
+    trained_on = shipped.meta["trained_on"]
+    assert trained_on["utterances"] >= 900 and "ravdess" in trained_on["by_dataset"]
+    assert set(shipped.meta["families"]) == set(FAMILIES)
+
+
+def test_the_estimator_reads_the_voice_and_ranks_open_vocabulary_labels(
+    shipped: EmotionHeads, tiny_corpus: Path
+) -> None:
+    from stream.head_features import VoiceFeatureExtractor
+
+    extractor = VoiceFeatureExtractor()
+    pcm = decode_mono(tiny_corpus / "en-us-anger-0.wav")
+    utterance = extractor.utterances(pcm)[0]
+    voice = extractor.voice_states(utterance.pcm)
+    prosody = measure_prosody(utterance.pcm)
+    assert voice_features(voice, prosody).shape == (shipped.voice.in_features,)
+    estimator = HeadsEstimator(EmotionVocabulary.load(), shipped, top_k=5)
+    text = TextClues("The train leaves at noon", analyse_text("The train leaves at noon"), None)
+    heard = estimator.estimate(Clues("u-0", 0.0, 1.0, text, None, AudioClues(prosody, voice)))
+    assert heard.model == shipped.name
+    assert len(heard.labels) == 5 and sum(score for _, score in heard.labels) == pytest.approx(1, abs=1e-3)
+    assert abs(sum(heard.families.values()) - 1) < 1e-6
+    assert any(vote.modality == "audio" and "reads as" in vote.evidence[0] for vote in heard.votes)
+    # nothing heard, nothing seen: the fusion's prior, still a full answer
+    silent = estimator.estimate(Clues("u-1", 0.0, 1.0, None, None, None))
+    assert silent.model == shipped.name and silent.labels and not silent.votes
+    assert silent.families != heard.families
+
+
+def test_transcription_keeps_the_encoder_states_the_voice_head_was_trained_on(tiny_corpus: Path) -> None:
+    from stream.head_features import VoiceFeatureExtractor
+
+    extractor = VoiceFeatureExtractor()
+    utterance = extractor.utterances(decode_mono(tiny_corpus / "en-us-sadness-1.wav"))[0]
+    transcript = extractor.transcriber.transcribe(utterance.pcm, utterance.pcm_t0)
+    assert "table" in transcript.text.lower()
+    assert transcript.voice is not None
+    standalone = extractor.voice_states(utterance.pcm)
+    # the same encoder on the same audio; the mel frames at the window's edge differ slightly
+    assert np.corrcoef(transcript.voice, standalone)[0, 1] > 0.99
