@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from model.heads import FAMILY_AFFECT
 from model.vocabulary import FAMILIES, EmotionVocabulary
 
 # The predicted family of a clip without a final emotion estimate: wrong whatever the truth, never "neutral".
@@ -255,6 +256,13 @@ def predicted_family(prediction: ClipPrediction | None, vocabulary: EmotionVocab
     return UNANSWERED if prediction is None else family_of(prediction.labels, vocabulary)
 
 
+def arousal_is_high(clip: LabelledClip, family: str) -> bool:
+    """Whether a clip's arousal is high: its labelled arousal, or where its basic family sits."""
+    if clip.arousal is not None:
+        return clip.arousal > 0
+    return FAMILY_AFFECT[family][1] > 0
+
+
 def evaluate(
     clips: Sequence[LabelledClip],
     predictions: Sequence[ClipPrediction | None],
@@ -279,6 +287,8 @@ def evaluate(
     columns = np.asarray(affect, dtype=np.float64).reshape(-1, 4).T  # (4, clips with both)
     enough = len(affect) >= 2  # one point has no variance to agree on
     overall = family_scores(truth, predicted)
+    high_truth = [arousal_is_high(c, family) for c, family in zip(clips, truth, strict=True)]
+    high_predicted = [None if p is None else p.arousal > 0 for p in predictions]
     metrics = {
         "clips": len(clips),
         "answered": overall["answered"],
@@ -289,6 +299,9 @@ def evaluate(
         "ccc_valence": ccc(columns[0], columns[2]) if enough else None,
         "ccc_arousal": ccc(columns[1], columns[3]) if enough else None,
         "ccc_clips": len(affect),
+        # high (> 0) or low arousal, where the truth is the labelled arousal or its family's place
+        "arousal_accuracy": float(np.mean([t == p for t, p in zip(high_truth, high_predicted, strict=True)])),
+        "arousal_majority_share": float(max(np.mean(high_truth), 1 - np.mean(high_truth))),
         "label_precision": precision,
         "label_recall": recall,
         "top_k": top_k,

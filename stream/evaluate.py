@@ -152,6 +152,9 @@ def summary(report: dict[str, Any], max_group_rows: int = 20) -> Group:
     headline = numbers_table("", ["model", f"majority ({baseline['family']})"])
     for name, key in (("accuracy", "accuracy"), ("weighted F1", "weighted_f1"), ("UAR", "uar")):
         headline.add_row(name, number(metrics[key]), number(baseline[key]))
+    headline.add_row(
+        "arousal high/low", number(metrics["arousal_accuracy"]), number(metrics["arousal_majority_share"])
+    )
     affect = (
         f"CCC valence {number(metrics['ccc_valence'])}, arousal {number(metrics['ccc_arousal'])} "
         f"over {metrics['ccc_clips']} clips"

@@ -243,3 +243,22 @@ def test_summary_shows_the_scores_beside_the_baseline(vocabulary: EmotionVocabul
     assert "majority (happiness)" in text and "0.667" in text  # the baseline's accuracy
     assert "by speaker" in text and "[01]" in text
     assert "unanswered (2): b.wav, c.wav" in text
+
+
+def test_arousal_high_or_low_is_scored_against_the_family_or_the_labelled_arousal() -> None:
+    vocabulary = EmotionVocabulary.load()
+    clips = [
+        LabelledClip(Path("a.wav"), ("angry",)),  # anger: high
+        LabelledClip(Path("b.wav"), ("sad",)),  # sadness: low
+        LabelledClip(Path("c.wav"), ("calm",), family="neutral"),  # neutral: low
+        LabelledClip(Path("d.wav"), ("happy",), valence=0.5, arousal=-0.5),  # labelled low, whatever the word
+    ]
+    predictions = [
+        ClipPrediction(("angry",), -0.5, 0.6),
+        ClipPrediction(("sad",), -0.5, 0.3),  # wrong: high
+        None,  # unanswered: wrong
+        ClipPrediction(("happy",), 0.5, -0.2),
+    ]
+    metrics = evaluate(clips, predictions, vocabulary)["metrics"]
+    assert metrics["arousal_accuracy"] == pytest.approx(0.5)
+    assert metrics["arousal_majority_share"] == pytest.approx(0.75)
