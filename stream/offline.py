@@ -21,7 +21,7 @@ from stream.clock import FileClock
 from stream.config import Settings
 from stream.emotion import EmotionStage
 from stream.hub import Hub
-from stream.session import ParticipantSession
+from stream.session import PipelineParts, build_session
 
 log = logging.getLogger(__name__)
 _QUEUED_FRAMES = 64  # decoded frames buffered per track ahead of the stages
@@ -114,17 +114,12 @@ class OfflinePipeline:
                 sink.write(json.dumps(message) + "\n")
 
             hub.add_sink(write)
-            session = ParticipantSession(
+            parts = PipelineParts(hub, self.vad_model, asr, settings.audio.vad, settings.video, self.emotion)
+            session = build_session(
+                parts,
                 call=call,
                 participant=participant,
                 session_id="offline",
-                pc=None,
-                hub=hub,
-                vad_model=self.vad_model,
-                asr=asr,
-                vad=settings.audio.vad,
-                video=settings.video,
-                emotion=self.emotion,
                 clock=FileClock(source.origin_s),
                 media_end_reason="end_of_file",
             )

@@ -26,7 +26,7 @@ from stream.errors import ApiError
 from stream.events import EVENT_TYPES, SCHEMA_PATH, is_valid_id, reply
 from stream.hub import Hub, Subscriber
 from stream.mqtt import MqttBridge
-from stream.session import ParticipantSession
+from stream.session import ParticipantSession, PipelineParts, build_session
 from stream.video.faces import make_face_analyzer
 from stream.video.stage import FACE_HEALTH
 from stream.webrtc import rtc_configuration
@@ -217,18 +217,12 @@ def new_session(
     services: Services, call: str, participant: str, session_id: str, pc: RTCPeerConnection
 ) -> ParticipantSession:
     """A ParticipantSession wired to its peer connection's tracks and states."""
-    session = ParticipantSession(
-        call=call,
-        participant=participant,
-        session_id=session_id,
-        pc=pc,
-        hub=services.hub,
-        vad_model=services.vad_model,
-        asr=services.asr,
-        vad=services.settings.audio.vad,
-        video=services.settings.video,
-        emotion=services.emotion,
-        on_closed=services.forget,
+    settings = services.settings
+    parts = PipelineParts(
+        services.hub, services.vad_model, services.asr, settings.audio.vad, settings.video, services.emotion
+    )
+    session = build_session(
+        parts, call=call, participant=participant, session_id=session_id, pc=pc, on_closed=services.forget
     )
     pc.on("track", session.add_track)
 

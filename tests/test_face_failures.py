@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -11,7 +14,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from stream import metrics, server
+from stream.clock import LiveClock
 from stream.config import Settings, VideoSettings
+from stream.hub import Hub
+from stream.pipeline import EndOfStream, ParticipantContext
+from stream.stages.faces import VideoFrames
 from stream.video import stage
 from stream.video.faces import FaceObservation
 from stream.video.stage import FaceHealth, VideoAnalysis
@@ -78,6 +85,32 @@ def test_every_failing_participant_keeps_the_stage_degraded_until_it_leaves(brok
     assert health.health("mediapipe")["state"] == "degraded" and health.failures == 3
     second.close()
     assert health.health("mediapipe")["state"] == "ready"
+
+
+async def test_the_participant_gets_one_face_failed_error_event(broken_analyzer: None) -> None:
+    hub, messages = Hub(), []
+    hub.add_sink(messages.append)
+    log = logging.LoggerAdapter(logging.getLogger("test"), {"call": "call-1", "participant": "alice"})
+    video = VideoFrames(
+        ParticipantContext("call-1", "alice", LiveClock(), hub.publish, log),
+        VideoSettings(analysis_fps=FPS),
+        None,
+    )
+    await video.open()
+    frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+    frame.time_base = Fraction(1, 90_000)
+    for index in range(3):
+        frame.pts = index * 9_000
+        await video.process(frame)
+    assert video.analysis is not None
+    deadline = time.monotonic() + 5
+    while video.analysis.analysed_until < 0.2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await video.process(EndOfStream())
+    await asyncio.sleep(0)  # the event comes through the loop, from the analysis thread
+    (error,) = messages
+    assert (error["type"], error["code"], error["participant"]) == ("error", "face_failed", "alice")
+    assert "landmarker crashed" in error["message"]
 
 
 @pytest.fixture

@@ -52,10 +52,10 @@ def offer_body(sdp: str, call: str = "call-1") -> dict[str, str]:
 async def test_a_failure_to_build_the_session_is_a_500_logged_with_its_call(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken_session(**kwargs: object) -> None:
+    def broken_session(*args: object, **kwargs: object) -> None:
         raise RuntimeError("session factory broke")
 
-    monkeypatch.setattr(server, "ParticipantSession", broken_session)
+    monkeypatch.setattr(server, "build_session", broken_session)
     with caplog.at_level(logging.ERROR, logger="stream.server"):
         response = await client.post("/offer", json=offer_body(await audio_offer(), call="call-broken"))
     assert response.status == 500

@@ -1,0 +1,128 @@
+"""Seen utterances → clues and the fast estimate → emotion events; then, optionally, the LLM's final word."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+
+from model.cues import Clues, UtteranceInput
+from model.estimator import EmotionEstimate
+from model.prosody import SpeakerBaseline
+from stream import metrics
+from stream.audio.segmenter import ClosedUtterance
+from stream.emotion import EmotionStage, LLMRefiner, face_evidence
+from stream.events import EmotionEvent, Label
+from stream.pipeline import EndOfStream, ParticipantContext, Processor
+from stream.stages.faces import SeenUtterance
+from stream.video.micro import FaceWindow
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatedUtterance:
+    """An utterance's clues and the fast estimate from them, for the LLM to refine."""
+
+    uid: str
+    utterance: ClosedUtterance
+    text: str
+    clues: Clues
+    estimate: EmotionEstimate
+    window: FaceWindow | None
+
+
+class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
+    """Clues and the fast estimate (off the loop), published as an emotion event: final unless the LLM will
+    refine it. An overloaded LLM is skipped (counted): the fast estimate stands, rather than a growing backlog."""
+
+    def __init__(self, context: ParticipantContext, emotion: EmotionStage) -> None:
+        super().__init__()
+        self._context = context
+        self._emotion = emotion
+        self._speaker = SpeakerBaseline()  # this participant's usual pitch and loudness
+
+    async def process(self, frame: SeenUtterance | EndOfStream) -> None:
+        if isinstance(frame, EndOfStream):
+            await self.push(frame)
+            return
+        context, utterance, transcript = self._context, frame.utterance, frame.transcript
+        request = UtteranceInput(
+            utterance=frame.uid,
+            t0=utterance.t0,
+            t1=utterance.t1,
+            text=transcript.text,
+            words=tuple(
+                (w.word, w.start - utterance.pcm_t0, w.end - utterance.pcm_t0) for w in transcript.words
+            ),
+            pcm=utterance.pcm,
+            face=face_evidence(frame.window) if frame.window is not None else None,
+            voice=transcript.voice,
+        )
+        try:
+            clues, estimate = await self._emotion.estimate(request, self._speaker)
+        except Exception as exc:
+            context.log.exception("emotion estimate failed for %s", frame.uid)
+            context.error("emotion_failed", f"emotion estimate failed: {exc!r}", frame.uid)
+            return
+        refiner = self._emotion.refiner
+        refine = refiner is not None and not refiner.overloaded
+        if refiner is not None and not refine:
+            metrics.LLM_SKIPPED.inc()
+        estimated = EstimatedUtterance(frame.uid, utterance, transcript.text, clues, estimate, frame.window)
+        context.publish(emotion_event(context, estimated, final=not refine))
+        context.observe_latency("emotion", utterance.t1)
+        if refine:
+            await self.push(estimated)
+
+
+class Refine(Processor[EstimatedUtterance, EstimatedUtterance]):
+    """The LLM's final word on each estimated utterance, batched with other calls' (so each runs as a task of its
+    own); when it fails, an llm_failed error and the fast estimate as final. The end of the stream waits for
+    every refinement under way."""
+
+    def __init__(self, context: ParticipantContext, refiner: LLMRefiner) -> None:
+        super().__init__()
+        self._context = context
+        self._refiner = refiner
+        self._refining: set[asyncio.Task[None]] = set()
+
+    async def process(self, frame: EstimatedUtterance | EndOfStream) -> None:
+        if isinstance(frame, EndOfStream):
+            if self._refining:
+                await asyncio.gather(*self._refining, return_exceptions=True)
+            await self.push(frame)
+            return
+        task = asyncio.create_task(self._refine(frame))
+        self._refining.add(task)
+        task.add_done_callback(self._refining.discard)
+
+    async def _refine(self, frame: EstimatedUtterance) -> None:
+        context = self._context
+        try:
+            estimate = await self._refiner.refine(
+                context.call, frame.uid, frame.text, frame.estimate, frame.window
+            )
+            refined = replace(frame, estimate=estimate)
+        except Exception as exc:
+            context.log.warning("LLM refinement failed for %s: %r", frame.uid, exc)
+            context.error("llm_failed", f"LLM refinement failed, fast estimate kept: {exc}", frame.uid)
+            refined = frame
+        context.publish(emotion_event(context, refined, final=True))
+        context.observe_latency("emotion_final", frame.utterance.t1)
+        await self.push(refined)
+
+
+def emotion_event(context: ParticipantContext, frame: EstimatedUtterance, *, final: bool) -> EmotionEvent:
+    estimate = frame.estimate
+    return EmotionEvent(
+        call=context.call,
+        participant=context.participant,
+        utterance=frame.uid,
+        t0=frame.utterance.t0,
+        t1=frame.utterance.t1,
+        labels=tuple(Label(word, score) for word, score in estimate.labels),
+        valence=estimate.valence,
+        arousal=estimate.arousal,
+        explanation=estimate.explanation,
+        clues=frame.clues.to_event(),
+        final=final,
+        model=estimate.model,
+    )

@@ -1,0 +1,128 @@
+"""Audio frames → 16 kHz chunks → speech probabilities → speech.start / speech.end and closed utterances."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from stream.audio.resample import PcmChunk, Resampler
+from stream.audio.segmenter import (
+    ClosedUtterance,
+    Segmenter,
+    SegmentEvent,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechStarted,
+)
+from stream.audio.vad import SileroModel
+from stream.clock import MediaClock
+from stream.config import VadSettings
+from stream.events import SpeechEnd, SpeechStart
+from stream.pipeline import EndOfStream, ParticipantContext, Processor
+
+_SPEECH_HISTORY = 4096  # VAD chunks (~130 s) whose speech probabilities are kept for the utterances to come
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredChunk:
+    """32 ms of audio and the VAD's speech probability for it."""
+
+    t: float  # media time (s) of samples[0]
+    samples: np.ndarray  # (512,) float32 16 kHz mono
+    speech_prob: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredUtterance:
+    """A closed utterance with the VAD's reading over it: which face is speaking follows the VAD."""
+
+    utterance: ClosedUtterance
+    speech_t: np.ndarray  # (k,) float64 media time of each VAD chunk in [t0, t1]
+    speech_prob: np.ndarray  # (k,) float64 its speech probability
+
+
+def pts_seconds(frame: object) -> float:
+    pts, time_base = getattr(frame, "pts", None), getattr(frame, "time_base", None)
+    return float(pts * time_base) if pts is not None and time_base else 0.0
+
+
+class Resample(Processor[av.AudioFrame, PcmChunk]):
+    """One audio track's frames → 16 kHz mono chunks on the participant's media clock."""
+
+    def __init__(self, clock: MediaClock) -> None:
+        super().__init__()
+        self._clock = clock
+        self._resampler: Resampler | None = None
+
+    async def process(self, frame: av.AudioFrame | EndOfStream) -> None:
+        if isinstance(frame, EndOfStream):
+            await self.push(frame)
+            return
+        if self._resampler is None:
+            self._resampler = Resampler(t_offset=self._clock.track_offset(pts_seconds(frame)))
+        for chunk in self._resampler.push(frame):
+            await self.push(chunk)
+
+
+class ScoreSpeech(Processor[PcmChunk, ScoredChunk]):
+    """Chunks of any length → 32 ms chunks with their speech probability (silero, cheap enough for the loop)."""
+
+    def __init__(self, model: SileroModel) -> None:
+        super().__init__()
+        self._vad = model.stream()
+
+    async def process(self, frame: PcmChunk | EndOfStream) -> None:
+        if isinstance(frame, EndOfStream):
+            await self.push(frame)
+            return
+        for chunk, speech_prob in self._vad.push(frame):
+            await self.push(ScoredChunk(chunk.t, chunk.samples, speech_prob))
+
+
+class Segment(Processor[ScoredChunk, SpeechPaused | ScoredUtterance]):
+    """Publishes speech.start and speech.end; passes on pauses (for early transcription) and closed utterances.
+    At the end of the stream, the speech still open is closed."""
+
+    def __init__(self, context: ParticipantContext, vad: VadSettings) -> None:
+        super().__init__()
+        self._context = context
+        self._segmenter = Segmenter(
+            threshold=vad.threshold,
+            neg_threshold=vad.neg_threshold,
+            min_speech_ms=vad.min_speech_ms,
+            min_silence_ms=vad.min_silence_ms,
+            speech_pad_ms=vad.speech_pad_ms,
+            max_utterance_s=vad.max_utterance_s,
+        )
+        self._speech: deque[tuple[float, float]] = deque(maxlen=_SPEECH_HISTORY)  # (media time, probability)
+
+    async def process(self, frame: ScoredChunk | EndOfStream) -> None:
+        if isinstance(frame, EndOfStream):
+            for event in self._segmenter.flush():
+                await self._segment(event)
+            await self.push(frame)
+            return
+        self._speech.append((frame.t, frame.speech_prob))
+        for event in self._segmenter.push(frame.t, frame.samples, frame.speech_prob):
+            await self._segment(event)
+
+    async def _segment(self, event: SegmentEvent) -> None:
+        context = self._context
+        if isinstance(event, SpeechStarted):
+            context.publish(SpeechStart(call=context.call, participant=context.participant, t0=event.t))
+        elif isinstance(event, SpeechEnded):
+            context.publish(
+                SpeechEnd(call=context.call, participant=context.participant, t0=event.t0, t1=event.t1)
+            )
+            context.observe_latency("speech.end", event.t1)
+        elif isinstance(event, SpeechPaused):
+            await self.push(event)
+        else:
+            await self.push(self._scored(event))
+
+    def _scored(self, utterance: ClosedUtterance) -> ScoredUtterance:
+        speech = np.array([p for p in self._speech if utterance.t0 <= p[0] <= utterance.t1]).reshape(-1, 2)
+        return ScoredUtterance(utterance, speech[:, 0], speech[:, 1])
