@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from stream.config import load_settings
-from stream.video.synth import render_clip
 from tests.harness import ROOT, EventLog, ServerProcess, events_url
 from tests.media import SPEECH_RATE, Speech, compose
 from tests.peer import EncodedVideoTrack, Peer, SpeechTrack, encode_vp8
+from tests.synth import render_clip
 
 VIDEO_FPS = 15  # what the peers send; the server analyses up to video.analysis_fps of it
 

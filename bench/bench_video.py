@@ -20,7 +20,7 @@ import numpy as np
 
 from stream.video.faces import FaceTracker, MediaPipeFaceAnalyzer, bundled_face_landmarker
 from stream.video.micro import MicroExpressionBuffer
-from stream.video.synth import render_clip
+from tests.synth import render_clip
 
 
 def percentiles(values_ms: list[float]) -> dict[str, float]:

@@ -167,7 +167,7 @@ def write_labelled_clips(
     """Render scripts (default LABELLED_SCRIPTS) to MP4s and a manifest (JSON lines) beside them; returns it."""
     import json
 
-    from stream.video.synth import render_clip
+    from tests.synth import render_clip
 
     folder.mkdir(parents=True, exist_ok=True)
     lines = []

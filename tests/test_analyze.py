@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.video.synth import render_clip
 from tests.harness import ROOT, run_cli
 from tests.media import Speech, word_error_rate, write_recording
+from tests.synth import render_clip
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,6 @@ from stream.config import ConfigError, LLMStageSettings, VideoSettings, load_set
 from stream.emotion import LLMRefiner  # noqa: E402
 from stream.video.micro import MicroExpressionBuffer  # noqa: E402
 from stream.video.stage import VideoAnalysis, WholeFrames  # noqa: E402
-from stream.video.synth import SyntheticClip, render_clip  # noqa: E402
 from tests.conftest import TEST_CONFIG  # noqa: E402
 from tests.harness import (  # noqa: E402
     EventLog,
@@ -36,6 +35,7 @@ from tests.harness import (  # noqa: E402
 )
 from tests.media import SPEECH_RATE, Speech  # noqa: E402
 from tests.peer import PatternTrack, Peer, SpeechTrack  # noqa: E402
+from tests.synth import SyntheticClip, render_clip  # noqa: E402
 from tests.test_llm_stage import healthz  # noqa: E402
 from tests.test_train import TINY as TRAINED  # noqa: E402
 from tests.tiny_llm import build_tiny_llama  # noqa: E402

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from stream.video.synth import render_clip
 from tests.harness import EventLog, ServerProcess, assert_call_events_valid, events_url
 from tests.media import SPEECH_RATE, Speech
 from tests.peer import PatternTrack, Peer, SpeechTrack
+from tests.synth import render_clip
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 
 from stream.video.faces import FaceObservation, FaceTracker, MediaPipeFaceAnalyzer
 from stream.video.micro import FaceWindow, MicroEpisode, MicroExpressionBuffer
-from stream.video.synth import SyntheticClip, TrueEpisode, render_clip, write_video, write_y4m
+from tests.synth import SyntheticClip, TrueEpisode, render_clip, write_video, write_y4m
 
 FPS = 30.0
 FRAME_S = 1.0 / FPS

@@ -15,7 +15,7 @@ from stream.video.faces import (
     make_face_analyzer,
     speaking_track,
 )
-from stream.video.synth import rest_frame, rest_landmarks
+from tests.synth import rest_frame, rest_landmarks
 
 FPS = 15.0
 
@@ -78,7 +78,7 @@ def test_a_second_face_far_away_starts_its_own_track(face_shape):
 
 
 def test_real_landmarker_track_is_stable_over_a_drifting_face():
-    from stream.video.synth import render_clip
+    from tests.synth import render_clip
 
     clip = render_clip(expressions=False, duration_s=1.0, fps=FPS)
     analyzer, tracker = MediaPipeFaceAnalyzer(), FaceTracker()
