@@ -65,12 +65,16 @@ def build_session(
     if parts.video.enabled:
         video = VideoFrames(context, parts.video, emotion.whole_frames if emotion is not None else None)
     audio = Resample(context.clock)
-    heard = audio.then(ScoreSpeech(parts.vad_model)).then(Segment(context, parts.vad))
-    seen = heard.then(Transcribe(context, parts.asr)).then(FaceWindows(context, video))
+    faces = (
+        audio.then(ScoreSpeech(parts.vad_model))
+        .then(Segment(context, parts.vad))
+        .then(Transcribe(context, parts.asr))
+        .then(FaceWindows(context, video))
+    )
     if emotion is not None:
-        estimated = seen.then(Estimate(context, emotion))
+        estimate = faces.then(Estimate(context, emotion))
         if emotion.refiner is not None:
-            estimated.then(Refine(context, emotion.refiner))
+            estimate.then(Refine(context, emotion.refiner))
     return ParticipantSession(
         context,
         session_id,
