@@ -139,9 +139,6 @@ class ParticipantSession:
     def closed(self) -> bool:
         return self._closing is not None
 
-    def utterance_id(self, index: int) -> str:
-        return self._context.utterance_id(index)
-
     def _head_for(self, kind: str) -> Processor[Any, Any] | None:
         """The chain a new track feeds: only the first track of each kind is analysed."""
         if kind in self._fed:
