@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from model.clip import ClipFeatures, check_sizes, encoder_batch
 from model.encoder import EncoderConfig, GlobalLocalEncoder
 from model.qformer import IncrementalQFormerCache, VideoQFormer, load_checkpoint
-from model.train import ClipFeatures, check_sizes, encoder_batch
+
+
+def utterance_tokens(
+    encoder: GlobalLocalEncoder,
+    cache: IncrementalQFormerCache,
+    utterances: Sequence[ClipFeatures],
+    device: torch.device,
+) -> Tensor:
+    """A call's next utterances, in order → (N, Q + Qc, H) tokens for the LLM; the cache now includes them.
+
+    The one path from clips to LLM tokens: serving runs it per utterance under inference_mode, training runs
+    whole calls with gradients, so training optimises exactly what serving computes.
+    """
+    check_sizes(utterances, encoder.cfg)
+    encoded = encoder(**encoder_batch(utterances, device))  # tokens (N, T*, Ce), mask (N, T*)
+    return torch.cat(
+        [
+            cache.add_utterance(encoded.tokens[i : i + 1], encoded.mask[i : i + 1])
+            for i in range(len(utterances))
+        ]
+    )  # (N, Q + Qc, H)
 
 
 class ProjectorMismatchError(ValueError):
@@ -73,6 +95,4 @@ class PrefixEncoder:
     @torch.inference_mode()
     def tokens(self, cache: IncrementalQFormerCache, features: ClipFeatures) -> Tensor:
         """One utterance's clip → (Q + Qc, H) tokens for the LLM; the call's cache now includes it."""
-        check_sizes([features], self.encoder.cfg)
-        encoded = self.encoder(**encoder_batch([features], self.device))  # tokens (1, T*, Ce), mask (1, T*)
-        return cache.add_utterance(encoded.tokens, encoded.mask)[0]
+        return utterance_tokens(self.encoder, cache, [features], self.device)[0]

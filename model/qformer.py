@@ -174,9 +174,12 @@ class IncrementalQFormerCache:
         self.pooled: tuple[Tensor, Tensor] | None = None  # (S, B, Q, C), (S,) float64, once one is evicted
         self.num_utterances = 0
 
-    @torch.inference_mode()
     def add_utterance(self, encoder_tokens: Tensor, encoder_mask: Tensor | None = None) -> Tensor:
-        """Encodes only this segment, (B, T*, Ce) + (B, T*) bool; returns [utterance; call] (B, Q + Qc, H)."""
+        """Encodes only this segment, (B, T*, Ce) + (B, T*) bool; returns [utterance; call] (B, Q + Qc, H).
+
+        Runs in the caller's grad mode: serving calls it under inference_mode (model.prefix), training with
+        gradients, so that every parameter serving uses is trained through this very code.
+        """
         utterance = self.model.encode_utterance(encoder_tokens, encoder_mask)  # (B, Q, C)
         if len(self.recent) == self.model.cfg.max_cached_utterances:
             self._evict(self.recent.popleft())

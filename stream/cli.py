@@ -127,7 +127,7 @@ def evaluate_clips(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def add_train_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    # Defaults left None fall back to TrainConfig's; model.train (torch) is imported only when training.
+    # Defaults left None fall back to TrainConfig's; torch is imported only when training.
     train = commands.add_parser(
         "train", help="train the video encoder, Q-Formers and projector as a soft prompt of a frozen LLM"
     )
@@ -138,7 +138,12 @@ def add_train_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--out", type=Path, required=True, help="folder for step-N.pt, latest.pt and cached clip features"
     )
     train.add_argument("--steps", type=int, help="steps in all, counting those of a resumed run (1000)")
-    train.add_argument("--batch-size", type=int, help="clips per step (4)")
+    train.add_argument(
+        "--batch-size", type=int, help="calls per step (4); clips sharing a manifest `call` are one"
+    )
+    train.add_argument(
+        "--mode", choices=("rank", "generate"), help="emotion.llm.mode the projector will serve (rank)"
+    )
     train.add_argument("--lr", type=float, help="AdamW learning rate (1e-4)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from latest.pt")
     train.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
@@ -151,7 +156,7 @@ def train_model(args: argparse.Namespace) -> int:
 
     import torch
 
-    from model.train import CheckpointExistsError, TrainConfig
+    from model.training.projector import CheckpointExistsError, TrainConfig
     from stream.training import train_from_manifest
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -160,7 +165,7 @@ def train_model(args: argparse.Namespace) -> int:
     if args.fps <= 0:
         print(f"microemo: --fps must be positive, got {args.fps}", file=sys.stderr)
         return 2
-    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "mode": args.mode}
     try:
         config = dataclasses.replace(
             TrainConfig(device=args.device), **{k: v for k, v in given.items() if v is not None}

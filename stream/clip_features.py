@@ -1,4 +1,4 @@
-"""Clips as the visual encoder takes them: decoded files for training (cached as .pt), live face windows."""
+"""Training clips as the visual encoder takes them: decoded files (cached as .pt), sampled as live calls are."""
 
 from __future__ import annotations
 
@@ -9,19 +9,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from model.clip import ClipFeatures
 from model.evaluation import LabelledClip, load_manifest
-from model.train import ClipFeatures
-from stream.video.faces import FaceAnalyzer, FaceObservation, FaceTracker, MediaPipeFaceAnalyzer
-from stream.video.micro import FaceWindow
-from stream.video.signals import aligned_crop, five_points, geometry_signals
+from stream.video.clips import as_clip_features, crop_of_size
+from stream.video.faces import (
+    FaceAnalyzer,
+    FaceObservation,
+    FaceTracker,
+    MediaPipeFaceAnalyzer,
+    choose_speaker,
+)
+from stream.video.signals import aligned_crop, face_signals, five_points
 from stream.video.stage import next_grid_time
 
-FEATURES_VERSION = 2  # bump when extraction changes, so stale cache files are not reused
+FEATURES_VERSION = 3  # bump when extraction changes, so stale cache files are not reused
 
 
 def extract_clip_features(
@@ -72,7 +77,7 @@ def extract_clip_features(
             face_analyzer.close()
     if not frames:
         raise ValueError(f"{path}: no decodable video frame")
-    return features_of(frames, times, faces, speaker_track(faces), crop_size)
+    return features_of(frames, times, faces, speaker_track(times, faces), crop_size)
 
 
 def with_crop(face: FaceObservation, rgb: np.ndarray, size: int) -> FaceObservation:
@@ -80,22 +85,22 @@ def with_crop(face: FaceObservation, rgb: np.ndarray, size: int) -> FaceObservat
     if face.aligned is not None and face.aligned.shape[:2] == (size, size):
         return face
     if face.aligned is not None:
-        return replace(face, aligned=cv2.resize(face.aligned, (size, size), interpolation=cv2.INTER_AREA))
+        return replace(face, aligned=crop_of_size(face.aligned, size))
     return replace(face, aligned=aligned_crop(rgb, five_points(face.landmarks), size))
 
 
-def speaker_track(faces: Sequence[Sequence[FaceObservation]]) -> int | None:
-    """The face that speaks: of the tracks seen in at least half as many frames as the most seen one, the one
-    whose mouth opens and closes most (a labelled clip has one speaker); None when no face was found."""
-    openings: dict[int, list[float]] = {}
-    for frame_faces in faces:
+def speaker_track(times: Sequence[float], faces: Sequence[Sequence[FaceObservation]]) -> int | None:
+    """The face that speaks in a clip, by the rule of live calls (choose_speaker) without speech activity:
+    of the steadily seen faces, the one whose mouth opens and closes most; None when no face was found."""
+    series: dict[int, tuple[list[float], list[float]]] = {}
+    for t, frame_faces in zip(times, faces, strict=True):
         for face in frame_faces:
-            openings.setdefault(face.track, []).append(geometry_signals(face.landmarks)["mouth_open"])
-    if not openings:
-        return None
-    most_seen = max(len(v) for v in openings.values())
-    steady = {track: v for track, v in openings.items() if 2 * len(v) >= most_seen}
-    return max(sorted(steady), key=lambda track: float(np.std(steady[track])))
+            opening = face_signals(face.landmarks, face.blendshapes, face.pose).values["mouth_open"]
+            ts, values = series.setdefault(face.track, ([], []))
+            ts.append(t)
+            values.append(opening)
+    mouths = {track: (np.asarray(ts), np.asarray(values)) for track, (ts, values) in series.items()}
+    return choose_speaker(mouths)
 
 
 def features_of(
@@ -112,43 +117,6 @@ def features_of(
             if face.track == speaker and face.aligned is not None:
                 crops[k], mask[k] = face.aligned, True
     return as_clip_features(np.stack(frames), np.asarray(times, dtype=np.float64), crops, mask)
-
-
-def as_clip_features(
-    frames: np.ndarray, times: np.ndarray, crops: np.ndarray, mask: np.ndarray
-) -> ClipFeatures:
-    """(T, S, S, 3) uint8 frames, (T,) float64 times, (T, s, s, 3) uint8 crops, (T,) bool → channels first."""
-    return ClipFeatures(
-        frames=torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),  # (T, 3, S, S) uint8
-        frame_times=torch.from_numpy(times),  # (T,) float64
-        face_crops=torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous(),  # (T, 3, s, s) uint8
-        face_mask=torch.from_numpy(mask),  # (T,) bool
-    )
-
-
-def features_from_window(window: FaceWindow, frame_size: int, crop_size: int) -> ClipFeatures | None:
-    """A live utterance's kept frames as the encoder's input (None when the window kept none).
-
-    The frames were kept on the training grid (VideoAnalysis with WholeFrames); times count from the first,
-    as in a training clip; crops are resized to crop_size where the face analyzer made them another size.
-    """
-    if not window.frames:
-        return None
-    frames = np.stack([kept.image for kept in window.frames])  # (T, S, S, 3) uint8
-    if frames.shape[1:3] != (frame_size, frame_size):
-        raise ValueError(
-            f"kept frames are {frames.shape[2]}x{frames.shape[1]}, the encoder takes {frame_size}"
-        )
-    crops = np.zeros((len(frames), crop_size, crop_size, 3), dtype=np.uint8)
-    mask = np.zeros(len(frames), dtype=bool)
-    for k, kept in enumerate(window.frames):
-        if kept.face is not None:
-            face = kept.face
-            if face.shape[:2] != (crop_size, crop_size):
-                face = cv2.resize(face, (crop_size, crop_size), interpolation=cv2.INTER_AREA)
-            crops[k], mask[k] = face, True
-    times = np.array([kept.t for kept in window.frames], dtype=np.float64)
-    return as_clip_features(frames, times - times[0], crops, mask)
 
 
 def cache_path(clip: Path, cache_dir: Path, fps: float, frame_size: int, crop_size: int) -> Path:

@@ -45,9 +45,6 @@ class EmotionStage:
 
     def __init__(self, settings: EmotionSettings) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the shipped models are local; never reach for a hub
-        import torch
-
-        torch.set_num_threads(1)  # MiniLM on one sentence gains nothing from more, and ASR needs the cores
         self.settings = settings
         self._sentences = SentenceEncoder(settings.sentence_model)
         self._sentences.embed_one("warm up")  # load now, not during the first call
@@ -65,7 +62,7 @@ class EmotionStage:
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emotion")
         self.name = self._estimator.name
-        self.refiner = LLMRefiner(llm, self.vocabulary) if llm.enabled else None
+        self.refiner = LLMRefiner(llm, self.vocabulary, settings.top_k) if llm.enabled else None
 
     async def estimate(
         self, utterance: UtteranceInput, speaker: SpeakerBaseline
@@ -118,27 +115,14 @@ class LLMRefiner:
     worker thread of its own; one incremental Q-Former cache per call holds that call's visual context.
     """
 
-    def __init__(self, settings: LLMStageSettings, vocabulary: EmotionVocabulary) -> None:
-        from model.llm import LLMReasoner, LLMSettings, smollm2_settings
+    def __init__(self, settings: LLMStageSettings, vocabulary: EmotionVocabulary, top_k: int = 3) -> None:
+        """`top_k`: labels an answer keeps (the config's emotion.top_k)."""
+        from model.llm import LLMReasoner, llm_settings
 
-        options: dict[str, Any] = {
-            "device": settings.device,
-            "dtype": settings.dtype,
-            "mode": settings.mode,
-            "max_batch": settings.max_batch,
-            "max_wait_ms": settings.max_wait_ms,
-            "explanation_tokens": settings.explanation_tokens,
-        }
-        if settings.model_path is None:
-            llm_settings = smollm2_settings(**options)
-        else:
-            llm_settings = LLMSettings(
-                model_path=settings.model_path, gguf_file=settings.gguf_file, **options
-            )
         self.settings = settings
-        self._llm_settings = llm_settings
+        self._llm_settings = llm_settings(settings, top_k=top_k)
         self._vocabulary = vocabulary
-        self._reasoner = LLMReasoner(llm_settings)
+        self._reasoner = LLMReasoner(self._llm_settings)
         self.name = f"llm:{self._reasoner.name}"
         self._batchers: dict[asyncio.AbstractEventLoop, MicroBatcher] = {}
         self.pending = 0
@@ -230,7 +214,7 @@ class LLMRefiner:
 
     def _prefix_tokens(self, call: str, window: FaceWindow) -> Tensor | None:
         """(Q + Qc, H) visual tokens of one utterance (None: no frame kept), in the prefix worker thread."""
-        from stream.clip_features import features_from_window
+        from stream.video.clips import features_from_window
 
         assert self.prefix is not None
         started = time.perf_counter()

@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
-from model.train import TrainConfig, TrainResult, check_can_start, target_text, train
+from model.clip import ClipFeatures
+from model.evaluation import LabelledClip
+from model.training.projector import (
+    TrainConfig,
+    TrainingUtterance,
+    TrainResult,
+    check_can_start,
+    target_text,
+    train,
+)
 from stream.clip_features import extract_manifest
+
+log = logging.getLogger(__name__)
+
+CALL_KEY = "call"  # a manifest key naming the call a clip is an utterance of (e.g. a MELD dialogue)
+
+
+def training_calls(
+    clips: Sequence[LabelledClip], features: Sequence[ClipFeatures], config: TrainConfig
+) -> list[list[TrainingUtterance]]:
+    """Clips as calls: those of one `call` (in manifest order) are its utterances; any other clip is a call
+    of its own. The manifest holds no clues or transcript, so their prompt lines read N/A (as calibration's)."""
+    calls: dict[str, list[TrainingUtterance]] = {}
+    for k, (clip, clip_features) in enumerate(zip(clips, features, strict=True)):
+        call = clip.groups.get(CALL_KEY) or f"clip {k}"
+        calls.setdefault(call, []).append(TrainingUtterance(clip_features, target_text(clip, config.mode)))
+    return list(calls.values())
 
 
 def train_from_manifest(
@@ -29,4 +56,6 @@ def train_from_manifest(
         frame_size=config.encoder.frame_size,
         crop_size=config.encoder.crop_size,
     )
-    return train(features, [target_text(c) for c in clips], llm_path, out_dir, config, resume, gguf_file)
+    calls = training_calls(clips, features, config)
+    log.info("training on %d clips in %d calls", len(clips), len(calls))
+    return train(calls, llm_path, out_dir, config, resume, gguf_file)

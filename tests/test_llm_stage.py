@@ -66,12 +66,13 @@ async def test_each_utterance_gets_the_fast_estimate_then_the_smollm2_refinement
         assert fast["final"] is False and fast["model"] == "heads/1"  # the default estimator
         assert refined["final"] is True and refined["model"] == "llm:SmolLM2-135M-Instruct.Q4_1"
         assert refined["clues"] == fast["clues"]  # the same evidence, read by another model
-        assert 1 <= len(refined["labels"]) <= 3
+        assert len(refined["labels"]) == 5  # emotion.top_k (its default)
         assert all(0 < label["score"] <= 1 for label in refined["labels"])
         assert refined["explanation"].startswith(f"The speaker feels {refined['labels'][0]['label']}")
         assert -1 <= refined["valence"] <= 1 and -1 <= refined["arousal"] <= 1
     # "That is wonderful news, I love it." stays pleasant after the LLM's reading
-    assert events.of_type("emotion")[1]["valence"] > 0
+    # (the first final estimate: the second utterance's fast one may come before it)
+    assert [m for m in events.of_type("emotion") if m["final"]][0]["valence"] > 0
 
     health = healthz(smollm2_server)["stages"]["emotion"]
     assert health["active"] == "llm:SmolLM2-135M-Instruct.Q4_1"

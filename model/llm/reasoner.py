@@ -17,12 +17,11 @@ from model.llm.prompts import (
     JSON_ANSWER_PREFIX,
     RANK_ANSWER_PREFIX,
     SENTENCE_ENDS,
-    SYSTEM_PROMPT,
     affect_of_top_labels,
     first_sentence,
-    json_user_message,
     parse_generated_answer,
-    rank_user_message,
+    prompt_ids,
+    text_ids,
 )
 
 MAX_PRIOR_LABELS = 20_000
@@ -142,7 +141,7 @@ class LLMReasoner:
 
     def rank_prompt_ids(self, request: ReasoningRequest) -> list[int]:
         """Prompt tokens of rank mode, up to "The speaker feels"."""
-        return self._chat_ids(rank_user_message(request.clues_text, request.transcript), RANK_ANSWER_PREFIX)
+        return prompt_ids(self.tokenizer, "rank", request.clues_text, request.transcript)
 
     # -- internals
 
@@ -169,7 +168,9 @@ class LLMReasoner:
         return results
 
     def _generate(self, requests: Sequence[ReasoningRequest]) -> list[ReasoningResult | Exception]:
-        prompts = [self._chat_ids(json_user_message(r), JSON_ANSWER_PREFIX) for r in requests]
+        prompts = [
+            prompt_ids(self.tokenizer, "generate", r.clues_text, r.transcript, r.candidates) for r in requests
+        ]
         with torch.inference_mode():
             written = self._greedy(prompts, [r.prefix_embeds for r in requests], self.settings.answer_tokens)
         results: list[ReasoningResult | Exception] = []
@@ -225,9 +226,7 @@ class LLMReasoner:
         if missing:
             if len(self._label_prior) + len(missing) > MAX_PRIOR_LABELS:
                 self._label_prior.clear()  # an open vocabulary is bounded in practice; this bounds memory anyway
-            prompt = self._prompt_embeds(
-                self._chat_ids(rank_user_message(CONTENT_FREE, CONTENT_FREE), RANK_ANSWER_PREFIX)
-            )
+            prompt = self._prompt_embeds(prompt_ids(self.tokenizer, "rank", CONTENT_FREE, CONTENT_FREE))
             (logprobs,) = self._continuation_logprobs(
                 [prompt], [[self._label_ids(label) for label in missing]]
             )
@@ -260,23 +259,11 @@ class LLMReasoner:
         self.tokens_generated += count_until_end(new_ids, {self.tokenizer.eos_token_id, self.pad_id})
         return self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
 
-    def _chat_ids(self, user: str, answer_prefix: str) -> list[int]:
-        """Prompt tokens up to and including the start of the assistant's answer."""
-        if self.tokenizer.chat_template:
-            messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-            encoded = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=True
-            )
-            head = list(encoded["input_ids"])
-        else:
-            head = list(self.tokenizer(f"{SYSTEM_PROMPT}\n\n{user}\n\n").input_ids)
-        return head + self._text_ids(answer_prefix)
-
     def _label_ids(self, label: str) -> list[int]:
         return self._text_ids(" " + label.strip())
 
     def _text_ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return text_ids(self.tokenizer, text)
 
     def _prompt_embeds(self, ids: list[int], prefix: Tensor | None = None) -> Tensor:
         """(Q + L, H) input embeddings: the projected prefix tokens, then the prompt's token embeddings."""

@@ -333,6 +333,31 @@ def speaking_track(
     return best
 
 
+def choose_speaker(
+    mouth_signals: Mapping[int, tuple[np.ndarray, np.ndarray]],
+    speech_t: np.ndarray | None = None,
+    speech_prob: np.ndarray | None = None,
+) -> int | None:
+    """The speaking face of a stretch of video: the one rule of live utterances and training clips.
+
+    mouth_signals: track -> (t (F,), mouth opening (F,)), as MicroExpressionBuffer.mouth_series gives them.
+    Of the tracks seen in at least half as many frames as the most seen one (a face glimpsed for a moment does
+    not speak the utterance): the one whose mouth moves with the speech activity (speaking_track) when that is
+    given and one does; else the one whose mouth opens and closes most. None when no face was seen.
+    """
+    counts = {track: len(t) for track, (t, _) in mouth_signals.items() if len(t)}
+    if not counts:
+        return None
+    most_seen = max(counts.values())
+    steady = {track: mouth_signals[track] for track in sorted(counts) if 2 * counts[track] >= most_seen}
+    if speech_t is not None and speech_prob is not None:
+        track = speaking_track(steady, speech_t, speech_prob)
+        if track is not None:
+            return track
+    # The spread of the opening over the whole stretch: unlike a rolling measure, it needs no frame rate.
+    return max(steady, key=lambda track: (float(np.std(steady[track][1])), counts[track]))
+
+
 def _rolling_std(t: np.ndarray, values: np.ndarray, window_s: float) -> np.ndarray:
     half = window_s / 2.0
     lo = np.searchsorted(t, t - half, side="left")

@@ -16,7 +16,7 @@ import numpy as np
 
 from stream import metrics
 from stream.config import VideoSettings
-from stream.video.faces import FaceAnalyzer, FaceTracker, make_face_analyzer, speaking_track
+from stream.video.faces import FaceAnalyzer, FaceTracker, choose_speaker, make_face_analyzer
 from stream.video.micro import FaceWindow, MicroExpressionBuffer
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,16 @@ class WholeFrames:
 
     size: int
     fps: float
+
+
+@dataclass(slots=True)
+class _Sampled:
+    """A frame waiting for the worker: analysed for faces, kept whole for the visual encoder, or both."""
+
+    frame: av.VideoFrame
+    t: float
+    keep: bool  # a whole frame for the visual encoder
+    analyse: bool = True  # False once a backlog dropped its analysis (a kept frame is never dropped)
 
 
 def next_grid_time(next_t: float, t: float, fps: float) -> float:
@@ -80,8 +90,9 @@ class VideoAnalysis:
     Participants share `max_total_fps`: each samples at min(analysis_fps, max_total_fps / participants).
     The worker runs at `nice`, so that under load speech recognition keeps its pace and video gives way.
 
-    With `whole_frames` (only when a visual encoder serves the LLM stage) the buffer also keeps analysed frames,
-    downsized, on that grid, for the same buffer_s: an utterance's FaceWindow then carries them to the encoder.
+    With `whole_frames` (only when a visual encoder serves the LLM stage) the buffer also keeps whole frames,
+    downsized, on a grid of their own at whole_frames.fps (training's), for the same buffer_s, whatever the
+    analysis rate and its drops: an utterance's FaceWindow then carries them to the encoder.
 
     A frame whose analysis raises is skipped, counted (`failures`, `health`, /metrics) and logged; at the first
     one, `on_failure(message)` is called from the worker thread, so that the participant hears of it once.
@@ -105,6 +116,8 @@ class VideoAnalysis:
         self.failures = 0  # frames whose analysis raised
         self._whole_frames = whole_frames
         self._next_keep_t = 0.0
+        self.missed_whole_frames = 0  # grid times of whole_frames.fps with no frame to keep
+        self._warned_whole_frames = False
         self._analyzer: FaceAnalyzer | None = None
         ready = threading.Event()
         failure: list[BaseException] = []
@@ -116,7 +129,7 @@ class VideoAnalysis:
             min_amplitude=settings.micro.min_amplitude,
             open_z=settings.micro.open_z,
         )
-        self._queue: deque[tuple[av.VideoFrame, float]] = deque()
+        self._queue: deque[_Sampled] = deque()
         self._wake = threading.Condition()
         self._next_sample_t = 0.0
         self._stopped = False
@@ -140,17 +153,50 @@ class VideoAnalysis:
         return min(self._settings.analysis_fps, self._settings.max_total_fps / max(1, VideoAnalysis._live))
 
     def offer(self, frame: av.VideoFrame, t: float) -> None:
-        """Called on the event loop for every received frame; keeps one per 1/fps."""
-        if t + 1e-6 < self._next_sample_t:
+        """Called on the event loop for every received frame; keeps one per 1/fps for analysis, and with
+        whole_frames one per 1/whole_frames.fps for the visual encoder, on a grid of its own (as training's).
+
+        A whole frame is also analysed (its face crop is part of the encoder's input, as in training) and is
+        never dropped with a backlog: when the worker falls behind, such a frame only loses its analysis.
+        """
+        keep = self._whole_frames is not None and t + 1e-6 >= self._next_keep_t
+        if keep:
+            self._keep_due(t)
+        elif t + 1e-6 < self._next_sample_t:
             return
         self._next_sample_t = max(self._next_sample_t + 1 / self.fps, t)
         with self._wake:
-            if len(self._queue) >= self._settings.queue_frames:
-                self._queue.popleft()
-                self.dropped += 1
-                metrics.DROPPED_FRAMES.inc()
-            self._queue.append((frame, t))
+            if sum(1 for item in self._queue if item.analyse) >= self._settings.queue_frames:
+                self._drop_oldest_analysis()
+            self._queue.append(_Sampled(frame, t, keep))
             self._wake.notify()
+
+    def _keep_due(self, t: float) -> None:
+        """Advance the whole-frame grid past t; a source sending fewer frames than it needs is logged once."""
+        assert self._whole_frames is not None
+        fps = self._whole_frames.fps
+        if self._next_keep_t > 0 and t - self._next_keep_t >= 1 / fps - 1e-6:  # a grid time passed unkept
+            self.missed_whole_frames += int((t - self._next_keep_t + 1e-6) * fps)
+            if not self._warned_whole_frames:
+                self._warned_whole_frames = True
+                log.warning(
+                    "%s: no frame for the visual encoder between %.2f and %.2f s: the video comes at fewer than "
+                    "emotion.llm.projector_fps = %g frames a second (counted in missed_whole_frames)",
+                    self._name,
+                    self._next_keep_t,
+                    t,
+                    fps,
+                )
+        self._next_keep_t = next_grid_time(self._next_keep_t, t, fps)
+
+    def _drop_oldest_analysis(self) -> None:  # under self._wake
+        oldest = next(item for item in self._queue if item.analyse)
+        if oldest.keep:
+            oldest.analyse = False  # its whole frame still reaches the buffer, without a face
+        else:
+            self._queue.remove(oldest)
+        self.dropped += 1
+        metrics.DROPPED_FRAMES.inc()
 
     @property
     def idle(self) -> bool:
@@ -161,13 +207,9 @@ class VideoAnalysis:
         return len(self._queue)
 
     def window(self, t0: float, t1: float, speech_t: np.ndarray, speech_prob: np.ndarray) -> FaceWindow:
-        """Face evidence of the speaking face over [t0, t1] (the track whose mouth follows the VAD)."""
-        tracks = self.buffer.tracks(t0, t1)
-        track = None
-        if len(tracks) > 1:
-            mouths = {k: self.buffer.mouth_series(k, t0, t1) for k in tracks}
-            track = speaking_track(mouths, speech_t, speech_prob)
-        return self.buffer.window(t0, t1, track)
+        """Face evidence of the speaking face over [t0, t1] (chosen as for training clips: choose_speaker)."""
+        mouths = {k: self.buffer.mouth_series(k, t0, t1) for k in self.buffer.tracks(t0, t1)}
+        return self.buffer.window(t0, t1, choose_speaker(mouths, speech_t, speech_prob))
 
     def _work(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
@@ -192,21 +234,23 @@ class VideoAnalysis:
                     self._wake.wait()
                 if self._stopped:
                     return
-                frame, t = self._queue.popleft()
+                item = self._queue.popleft()
             started = time.perf_counter()
             try:
-                self._analyse(frame, t)
+                self._analyse(item)
             except Exception as exc:
-                self._failed(exc, t)
+                self._failed(exc, item.t)
             metrics.STAGE_SECONDS.labels("faces").observe(time.perf_counter() - started)
-            self.analysed_until = t
+            self.analysed_until = item.t
 
-    def _analyse(self, frame: av.VideoFrame, t: float) -> None:
-        keep = self._whole_frames
-        if keep is not None and t + 1e-6 >= self._next_keep_t:
-            self._next_keep_t = next_grid_time(self._next_keep_t, t, keep.fps)
+    def _analyse(self, item: _Sampled) -> None:
+        frame, t = item.frame, item.t
+        if item.keep and self._whole_frames is not None:
+            size = self._whole_frames.size
             # From the full frame, squashed to a square, as stream/clip_features.py makes training clips
-            self.buffer.keep_frame(t, frame.to_ndarray(format="rgb24", width=keep.size, height=keep.size))
+            self.buffer.keep_frame(t, frame.to_ndarray(format="rgb24", width=size, height=size))
+        if not item.analyse:
+            return
         width = self._settings.max_width
         if frame.width > width:  # analysis needs no more than this; saves most of the landmarker's time
             frame = frame.reformat(width=width, height=round(frame.height * width / frame.width))

@@ -1,11 +1,17 @@
-"""Training of encoder → Q-Formers → projector as a soft prompt of a frozen causal LM, on labelled clips."""
+"""Training of encoder → Q-Formers → projector as a soft prompt of a frozen causal LM, on labelled calls.
+
+Training asks as serving asks: each utterance of a call goes through the same incremental Q-Former cache
+(model.prefix.utterance_tokens), its tokens stand before the same prompt (model.llm.prompt_ids: clues,
+transcript, the stage's template), and the target is the continuation serving reads as the answer
+(model.llm.answer_text).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,44 +20,55 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from model.clip import ClipFeatures, check_sizes
 from model.encoder import EncoderConfig, GlobalLocalEncoder
 from model.evaluation import LabelledClip
-from model.llm import LLMSettings, load_causal_lm, model_files, resolve_device, resolve_dtype
-from model.qformer import CHECKPOINT_FORMAT, QFormerConfig, VideoQFormer
+from model.llm import (
+    CONTENT_FREE,
+    LLMSettings,
+    Mode,
+    answer_text,
+    load_causal_lm,
+    model_files,
+    prompt_ids,
+    resolve_device,
+    resolve_dtype,
+    text_ids,
+)
+from model.prefix import utterance_tokens
+from model.qformer import CHECKPOINT_FORMAT, IncrementalQFormerCache, QFormerConfig, VideoQFormer
 
 log = logging.getLogger(__name__)
 
-INSTRUCTION = "How does the person in this video feel? Name the emotions, valence and arousal, and why."
 IGNORE = -100  # label of positions that carry no loss (prefix, prompt, padding)
 
 
 @dataclass(frozen=True, slots=True)
-class ClipFeatures:
-    """A decoded clip as the encoder takes it: sampled whole frames, their times, the speaker's face crops.
+class TrainingUtterance:
+    """One utterance of a training call: its clip, what the prompt says of it, and the answer to learn."""
 
-    Pixels stay uint8 (a quarter of float32's memory and cache size); `encoder_batch` scales them to [0, 1].
-    """
+    features: ClipFeatures
+    target: str  # the continuation of the mode's answer prefix (answer_text)
+    clues_text: str = CONTENT_FREE  # as the fast estimate writes them at serving time; N/A: not known
+    transcript: str = CONTENT_FREE
+    candidates: tuple[str, ...] = ()  # generate mode's suggested labels
 
-    frames: Tensor  # (T, 3, S, S) uint8 RGB, whole frames resized to S = EncoderConfig.frame_size
-    frame_times: Tensor  # (T,) float64 seconds since the clip's first frame
-    face_crops: Tensor  # (T, 3, s, s) uint8 RGB aligned crops, s = EncoderConfig.crop_size; zeros: no face
-    face_mask: Tensor  # (T,) bool: True where the speaker's face was found
 
-    def as_dict(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+TrainingCall = Sequence[TrainingUtterance]  # a call's utterances in the order they were spoken
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 1e-4
     steps: int = 1000
-    batch_size: int = 4
+    batch_size: int = 4  # calls per step
     checkpoint_every: int = 100
     seed: int = 0
     max_target_tokens: int = 96  # longer targets are cut (the end-of-text token counts)
     device: str = "auto"  # "cpu", "cuda" or "auto"
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # on weight matrices only; never on biases, norms' gains or 1-D vectors
     grad_clip: float = 1.0
+    mode: Mode = "rank"  # the LLM stage's emotion.llm.mode the projector will serve: its prompt and answer
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     # encoder_dim and llm_hidden_size are taken from the encoder and the LLM
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
@@ -76,83 +93,57 @@ class CheckpointExistsError(FileExistsError):
     """out_dir holds a training run and resume was not asked for."""
 
 
-def target_text(clip: LabelledClip) -> str:
-    """What the LLM learns to say about a clip, e.g. "Emotion: happy, delighted. Valence 0.80, arousal 0.40."."""
-    text = f"Emotion: {', '.join(clip.labels)}. Valence {clip.valence:.2f}, arousal {clip.arousal:.2f}."
-    description = clip.description.strip()
-    if description:
-        description = description[0].upper() + description[1:]
-        text += f" {description}" + ("" if description[-1] in ".!?" else ".")
-    return text
+def target_text(clip: LabelledClip, mode: Mode = "rank") -> str:
+    """What the LLM learns to answer about a clip, as serving reads the answer in `mode`.
+
+    rank: " happy, because she smiles." after "The speaker feels"; generate: the JSON answer after its
+    opening. Valence and arousal (generate mode) only where the manifest gives them.
+    """
+    return answer_text(mode, clip.labels, clip.valence, clip.arousal, clip.description)
 
 
-def encoder_batch(clips: Sequence[ClipFeatures], device: torch.device) -> dict[str, Tensor]:
-    """Clips padded to the longest, as GlobalLocalEncoder's keyword arguments (frame_mask marks padding)."""
-    T = max(len(c.frame_times) for c in clips)
-
-    def pad(x: Tensor, value: float | bool = 0) -> Tensor:  # (t, ...) -> (T, ...)
-        return F.pad(x, (0, 0) * (x.dim() - 1) + (0, T - len(x)), value=value) if len(x) < T else x
-
-    def stack(name: str) -> Tensor:
-        return torch.stack([pad(getattr(c, name)) for c in clips]).to(device)
-
-    return {
-        "frames": stack("frames").float() / 255,  # (B, T, 3, S, S)
-        "frame_times": stack("frame_times"),  # (B, T) float64
-        "face_crops": stack("face_crops").float() / 255,  # (B, T, 3, s, s)
-        "face_mask": stack("face_mask"),  # (B, T) bool
-        "frame_mask": torch.stack([pad(torch.ones(len(c.frame_times), dtype=torch.bool)) for c in clips]).to(
-            device
-        ),  # (B, T) bool
-    }
-
-
-def prefix_embeddings(encoder: GlobalLocalEncoder, qformer: VideoQFormer, batch: dict[str, Tensor]) -> Tensor:
-    """Each clip as a one-utterance call: encoder tokens → utterance + call queries → (B, Q + Qc, H)."""
-    encoded = encoder(**batch)  # tokens (B, T*, Ce), mask (B, T*)
-    utterance = qformer.encode_utterance(encoded.tokens, encoded.mask)  # (B, Q, C)
-    return qformer(utterance[:, None])  # history of one utterance (B, 1, Q, C)
-
-
-def prompt_ids(tokenizer: Any) -> list[int]:
-    """The instruction, as a chat turn ending where the assistant's answer begins when the tokenizer has one."""
-    if tokenizer.chat_template:
-        messages = [{"role": "user", "content": INSTRUCTION}]
-        encoded = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        return list(encoded["input_ids"])
-    return list(tokenizer(f"{INSTRUCTION}\n", add_special_tokens=True).input_ids)
+def call_prefixes(
+    encoder: GlobalLocalEncoder, qformer: VideoQFormer, calls: Sequence[TrainingCall], device: torch.device
+) -> Tensor:
+    """Every utterance of every call → (U, Q + Qc, H) LLM tokens, each call through a fresh incremental cache,
+    utterance by utterance, as serving (model.prefix.PrefixEncoder.tokens) computes them; with gradients."""
+    tokens = []
+    for call in calls:
+        cache = IncrementalQFormerCache(qformer)
+        tokens.append(utterance_tokens(encoder, cache, [u.features for u in call], device))
+    return torch.cat(tokens)
 
 
 def target_ids(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
     """The target's tokens and an end-of-text token (so the LM learns to stop), at most max_tokens.
 
-    No leading space: both prompts end in a newline, after which an answer starts with its first word.
+    Tokenised on its own, as serving tokenises a label (" happy") after the prompt's answer prefix.
     """
-    ids = list(tokenizer(text, add_special_tokens=False).input_ids)
+    ids = text_ids(tokenizer, text)
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
     return ids[:max_tokens]
 
 
 def lm_inputs(
-    prefix: Tensor, prompt: Tensor, targets: Sequence[Tensor], embed: torch.nn.Module, pad_id: int
+    prefix: Tensor, prompts: Sequence[Tensor], targets: Sequence[Tensor], embed: torch.nn.Module, pad_id: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """[prefix; prompt; target; padding] → input embeddings (B, L, H), attention mask and labels (B, L)."""
-    B, P, _ = prefix.shape  # prefix (B, P, H); prompt (Lp,) ids; targets B × (Lt_b,) ids
-    M = max(len(t) for t in targets)
-    target = torch.full((B, M), pad_id, dtype=torch.long, device=prefix.device)
+    B, P, _ = prefix.shape  # prefix (B, P, H); prompts and targets: B × (L_b,) ids each
+    M = max(len(p) + len(t) for p, t in zip(prompts, targets, strict=True))
+    ids = torch.full((B, M), pad_id, dtype=torch.long, device=prefix.device)
+    labels = torch.full((B, M), IGNORE, dtype=torch.long, device=prefix.device)
     valid = torch.zeros(B, M, dtype=torch.bool, device=prefix.device)
-    for b, ids in enumerate(targets):
-        target[b, : len(ids)], valid[b, : len(ids)] = ids, True
-    text = embed(torch.cat([prompt.expand(B, -1), target], dim=1))  # (B, Lp + M, H)
-    embeds = torch.cat([prefix.to(text.dtype), text], dim=1)  # (B, P + Lp + M, H)
-    head = torch.ones(B, P + len(prompt), dtype=torch.bool, device=prefix.device)
+    for b, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+        n, m = len(prompt), len(target)
+        ids[b, : n + m] = torch.cat([prompt, target])
+        labels[b, n : n + m] = target
+        valid[b, : n + m] = True
+    text = embed(ids)  # (B, M, H)
+    embeds = torch.cat([prefix.to(text.dtype), text], dim=1)  # (B, P + M, H)
+    head = torch.ones(B, P, dtype=torch.bool, device=prefix.device)
     mask = torch.cat([head, valid], dim=1)
-    labels = torch.cat(
-        [torch.full_like(head, IGNORE, dtype=torch.long), target.masked_fill(~valid, IGNORE)], 1
-    )
+    labels = torch.cat([torch.full_like(head, IGNORE, dtype=torch.long), labels], dim=1)
     return embeds, mask.long(), labels
 
 
@@ -162,8 +153,19 @@ def target_loss(llm: Any, embeds: Tensor, mask: Tensor, labels: Tensor) -> Tenso
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
+def optimizer_for(modules: Sequence[torch.nn.Module], config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices (2 or more dims) only: decaying biases and LayerNorm gains
+    toward zero only hurts (as nanoGPT and most transformer recipes group them)."""
+    params = [p for module in modules for p in module.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
 def batch_indices(step: int, count: int, batch_size: int, seed: int) -> list[int]:
-    """The clips of a step (1-based): a fresh shuffle per epoch, fixed by seed and step, so resuming repeats it."""
+    """The calls of a step (1-based): a fresh shuffle per epoch, fixed by seed and step, so resuming repeats it."""
     picked = []
     for position in range((step - 1) * batch_size, step * batch_size):
         epoch, k = divmod(position, count)
@@ -173,8 +175,7 @@ def batch_indices(step: int, count: int, batch_size: int, seed: int) -> list[int
 
 
 def train(
-    features: Sequence[ClipFeatures],
-    targets: Sequence[str],
+    calls: Sequence[TrainingCall],
     llm_path: Path,
     out_dir: Path,
     config: TrainConfig,
@@ -182,13 +183,11 @@ def train(
     gguf_file: str | None = None,
 ) -> TrainResult:
     """Trains encoder, Q-Formers and projector so that the frozen LLM, given their tokens, says each target."""
-    if not features or len(features) != len(targets):
-        raise ValueError(
-            f"need one target per clip and at least one clip, got {len(features)}, {len(targets)}"
-        )
+    if not calls or not all(calls):
+        raise ValueError(f"need at least one call and an utterance in each, got {[len(c) for c in calls]}")
     out_dir, latest = Path(out_dir), Path(out_dir) / "latest.pt"
     folder = check_can_start(out_dir, resume, llm_path, gguf_file)
-    check_sizes(features, config.encoder)  # before the LLM loads, so that a mistake costs no time
+    check_sizes([u.features for call in calls for u in call], config.encoder)  # before the LLM loads
     device = resolve_device(config.device)
     tokenizer, llm = load_causal_lm(folder, gguf_file, device, resolve_dtype("auto", device))
     llm.requires_grad_(False)
@@ -201,7 +200,7 @@ def train(
     )
     qformer = VideoQFormer(qformer_cfg).to(device)
     params = [*encoder.parameters(), *qformer.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = optimizer_for([encoder, qformer], config)
     step = 0
     losses: list[float] = []
     if resume and latest.exists():
@@ -211,9 +210,15 @@ def train(
         log.warning("nothing to resume in %s; training from step 0", out_dir)
     first_step = step
 
-    prompt = torch.tensor(prompt_ids(tokenizer), dtype=torch.long, device=device)
+    def ids(values: list[int]) -> Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    prompts = [
+        [ids(prompt_ids(tokenizer, config.mode, u.clues_text, u.transcript, u.candidates)) for u in call]
+        for call in calls
+    ]
     answers = [
-        torch.tensor(target_ids(tokenizer, t, config.max_target_tokens), device=device) for t in targets
+        [ids(target_ids(tokenizer, u.target, config.max_target_tokens)) for u in call] for call in calls
     ]
     pad_id = next((int(i) for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -222,9 +227,16 @@ def train(
     with tqdm(total=config.steps, initial=step, desc="train", unit="step") as bar:
         while step < config.steps:
             step += 1
-            picked = batch_indices(step, len(features), config.batch_size, config.seed)
-            prefix = prefix_embeddings(encoder, qformer, encoder_batch([features[i] for i in picked], device))
-            loss = target_loss(llm, *lm_inputs(prefix, prompt, [answers[i] for i in picked], embed, pad_id))
+            picked = batch_indices(step, len(calls), config.batch_size, config.seed)
+            prefix = call_prefixes(encoder, qformer, [calls[i] for i in picked], device)  # (U, P, H)
+            inputs = lm_inputs(
+                prefix,
+                [p for i in picked for p in prompts[i]],
+                [a for i in picked for a in answers[i]],
+                embed,
+                pad_id,
+            )
+            loss = target_loss(llm, *inputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -245,15 +257,6 @@ def check_can_start(out_dir: Path, resume: bool, llm_path: Path, gguf_file: str 
             f"{out_dir} already holds a training run ({latest}); resume it or pick another"
         )
     return model_files(LLMSettings(model_path=llm_path, gguf_file=gguf_file))
-
-
-def check_sizes(features: Sequence[ClipFeatures], cfg: EncoderConfig) -> None:
-    for clip in features:
-        if clip.frames.shape[-1] != cfg.frame_size or clip.face_crops.shape[-1] != cfg.crop_size:
-            raise ValueError(
-                f"clip features of frame size {clip.frames.shape[-1]} and crop size {clip.face_crops.shape[-1]} "
-                f"do not fit the encoder's frame_size {cfg.frame_size} and crop_size {cfg.crop_size}"
-            )
 
 
 def save_training_checkpoint(
