@@ -9,10 +9,14 @@ import logging
 import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from stream.config import ConfigError, LoggingSettings, Settings, load_settings
+
+if TYPE_CHECKING:
+    from model.training.corpora import CorpusClip
 
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(call)s/%(participant)s] %(message)s"
 
@@ -240,6 +244,12 @@ def add_data_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     data.add_argument(
         "--split", choices=("train", "test", "all"), default="all", help="rows of this split only (all)"
     )
+    data.add_argument(
+        "--sample",
+        type=int,
+        help="a random subset of this many clips (drawn with --seed from the sorted paths)",
+    )
+    data.add_argument("--seed", type=int, default=0)
 
 
 def build_manifest(args: argparse.Namespace) -> int:
@@ -250,10 +260,22 @@ def build_manifest(args: argparse.Namespace) -> int:
     except CorpusError as exc:
         print(f"microemo: {exc}", file=sys.stderr)
         return 2
+    if args.sample is not None:
+        clips = sample_clips(clips, args.sample, args.seed)
     written = write_manifest(clips, args.out)
     print(f"{args.corpus} ({args.split}): {written} clips written to {args.out}")
     print(count_table(clips))
     return 0
+
+
+def sample_clips(clips: list[CorpusClip], size: int, seed: int) -> list[CorpusClip]:
+    """`size` clips drawn at random (a seeded shuffle of the sorted paths), kept in their corpus order."""
+    import random
+
+    order = sorted(clips, key=lambda clip: clip.path)
+    random.Random(seed).shuffle(order)
+    chosen = {clip.path for clip in order[:size]}
+    return [clip for clip in clips if clip.path in chosen]
 
 
 def setup_logging(settings: LoggingSettings) -> None:

@@ -226,3 +226,21 @@ def test_cli_refuses_a_train_manifest_of_an_evaluation_corpus(
     assert main(["data", "emodb", str(root), "--out", str(out), "--split", "train"]) == 2
     assert "reserved for evaluation" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_samples_the_same_subset_for_the_same_seed(ravdess: Path, tmp_path: Path) -> None:
+    def sampled(seed: int) -> list[str]:
+        out = tmp_path / f"sample-{seed}.jsonl"
+        assert (
+            main(["data", "ravdess", str(ravdess), "--out", str(out), "--sample", "2", "--seed", str(seed)])
+            == 0
+        )
+        return [json.loads(line)["clip"] for line in out.read_text().splitlines()]
+
+    everything = tmp_path / "all.jsonl"
+    assert main(["data", "ravdess", str(ravdess), "--out", str(everything)]) == 0
+    all_clips = [json.loads(line)["clip"] for line in everything.read_text().splitlines()]
+    first = sampled(0)
+    assert len(first) == 2 and set(first) <= set(all_clips)
+    assert first == sampled(0)  # reproducible: the shipped heads name the subset they were trained on
+    assert first == [clip for clip in all_clips if clip in first]  # in the corpus's order
