@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"microemo: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.logging)
+    limit_torch_threads()
     try:
         if args.command == "serve":
             return serve_forever(settings)
@@ -71,6 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # found while loading models, e.g. a projector trained for another LLM
         print(f"microemo: {exc}", file=sys.stderr)
         return 2
+
+
+def limit_torch_threads() -> None:
+    """One intra-op thread for the pipeline's torch models (MiniLM, an LLM on the CPU), set once per process.
+
+    They run one utterance at a time beside the transcription's own CTranslate2 threads; more torch threads
+    would fight those for the cores and slow the transcripts every event waits for."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def analyze_file(args: argparse.Namespace, settings: Settings) -> int:

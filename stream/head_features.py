@@ -48,15 +48,7 @@ class VoiceFeatureExtractor:
 
     def utterances(self, pcm: npt.NDArray[np.float32]) -> list[ClosedUtterance]:
         """The utterances a live call would close from this audio (the end of the clip closes the last)."""
-        s = self._vad_settings
-        segmenter = Segmenter(
-            threshold=s.threshold,
-            neg_threshold=s.neg_threshold,
-            min_speech_ms=s.min_speech_ms,
-            min_silence_ms=s.min_silence_ms,
-            speech_pad_ms=s.speech_pad_ms,
-            max_utterance_s=s.max_utterance_s,
-        )
+        segmenter = Segmenter.from_settings(self._vad_settings)
         stream = self._vad.stream()
         events = []
         for scored, prob in stream.push(PcmChunk(0.0, pcm)):

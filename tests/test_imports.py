@@ -19,15 +19,19 @@ PROJECT_PACKAGES = ("stream", "model", "clients", "bench", "tests")
 # Training and evaluation: anything under model/training/, and these modules.
 TRAINING = ("model/training/", "model/evaluation.py", "model/build_vocabulary.py")
 TRAINING += ("stream/training.py", "stream/clip_features.py", "stream/evaluate.py")
-# What a live call runs (file globs; stream/video/synth.py renders test faces and is no part of it).
+TRAINING += ("stream/head_features.py", "stream/train_heads.py")
+# What a live call runs (file globs).
 RUNTIME = (
     "stream/server.py",
     "stream/session.py",
+    "stream/pipeline.py",
+    "stream/stages/*.py",
     "stream/emotion.py",
     "stream/audio/*.py",
     "stream/video/*.py",
     "model/cues.py",
     "model/estimator.py",
+    "model/heads.py",
     "model/llm.py",
     "model/llm/**/*.py",
     "model/llm_*.py",
@@ -40,7 +44,7 @@ RUNTIME = (
     "model/expression.py",
     "model/text_affect.py",
 )
-NOT_RUNTIME = ("stream/video/synth.py",)
+NOT_RUNTIME: tuple[str, ...] = ()  # globs under RUNTIME that a live call does not run
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from stream.audio.resample import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from stream.config import VadSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,17 @@ class Segmenter:
         self._next_index = 0
         self._continues: int | None = None
         self._audio = _AudioBuffer()
+
+    @classmethod
+    def from_settings(cls, vad: VadSettings) -> Segmenter:
+        return cls(
+            threshold=vad.threshold,
+            neg_threshold=vad.neg_threshold,
+            min_speech_ms=vad.min_speech_ms,
+            min_silence_ms=vad.min_silence_ms,
+            speech_pad_ms=vad.speech_pad_ms,
+            max_utterance_s=vad.max_utterance_s,
+        )
 
     @property
     def in_speech(self) -> bool:

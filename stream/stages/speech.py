@@ -89,14 +89,7 @@ class Segment(Processor[ScoredChunk, SpeechPaused | ScoredUtterance]):
     def __init__(self, context: ParticipantContext, vad: VadSettings) -> None:
         super().__init__()
         self._context = context
-        self._segmenter = Segmenter(
-            threshold=vad.threshold,
-            neg_threshold=vad.neg_threshold,
-            min_speech_ms=vad.min_speech_ms,
-            min_silence_ms=vad.min_silence_ms,
-            speech_pad_ms=vad.speech_pad_ms,
-            max_utterance_s=vad.max_utterance_s,
-        )
+        self._segmenter = Segmenter.from_settings(vad)
         self._speech: deque[tuple[float, float]] = deque(maxlen=_SPEECH_HISTORY)  # (media time, probability)
 
     async def process(self, frame: ScoredChunk | EndOfStream) -> None:
