@@ -33,7 +33,9 @@ def test_eval_scores_the_pipeline_on_labelled_clips(tmp_path: Path) -> None:
     by_clip = {c["clip"]: c for c in report["clips"]}
     assert "wonderful" in by_clip["pleased.mp4"]["transcript"].lower()
     # the unambiguous clips: a smile with praise reads positive, a frown with condolences negative, far apart
-    pleased, condolence = (by_clip[name]["predicted"]["valence"] for name in ("pleased.mp4", "condolence.mp4"))
+    pleased, condolence = (
+        by_clip[name]["predicted"]["valence"] for name in ("pleased.mp4", "condolence.mp4")
+    )
     assert pleased > 0 > condolence and pleased - condolence > 0.4
     assert metrics["ccc_valence"] > 0.3
     # every clip names the model of its estimates; the report names them all
