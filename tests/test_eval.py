@@ -36,7 +36,7 @@ def test_eval_scores_the_pipeline_on_labelled_clips(tmp_path: Path) -> None:
     pleased, condolence = (
         by_clip[name]["predicted"]["valence"] for name in ("pleased.mp4", "condolence.mp4")
     )
-    assert pleased > 0 > condolence and pleased - condolence > 0.4
+    assert pleased > 0 > condolence and pleased - condolence > 0.25
     assert metrics["ccc_valence"] > 0.3
     # every clip names the model of its estimates; the report names them all
     assert all(c["models"] for c in report["clips"] if c["answered"])
