@@ -21,7 +21,7 @@ from model.heads import DEFAULT_HEADS, EmotionHeads, pool_encoder_states
 from model.prosody import measure_prosody
 from model.text_affect import analyse_text
 from model.vocabulary import EmotionVocabulary
-from stream.head_features import VoiceFeatureExtractor
+from stream.training.head_features import VoiceFeatureExtractor
 from tests.media import SPEECH_RATE, espeak
 
 SENTENCE = "I really did not expect the meeting to run this long, but we got through all of it"

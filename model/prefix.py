@@ -83,11 +83,6 @@ class PrefixEncoder:
     def hidden_size(self) -> int:
         return self.qformer.cfg.llm_hidden_size
 
-    @property
-    def num_tokens(self) -> int:
-        """Q + Qc: utterance tokens, then whole-call tokens."""
-        return self.qformer.cfg.num_queries + self.qformer.cfg.call_num_queries
-
     def new_cache(self) -> IncrementalQFormerCache:
         """A call's state: empty until its first utterance."""
         return IncrementalQFormerCache(self.qformer)

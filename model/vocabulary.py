@@ -129,13 +129,13 @@ class EmotionVocabulary:
 
     @classmethod
     def load(cls, directory: Path | str = DATA_DIR) -> EmotionVocabulary:
-        """The table and embeddings written by `python -m model.build_vocabulary`."""
+        """The table and embeddings written by `python -m model.training.vocabulary`."""
         directory = Path(directory)
         table_path, embeddings_path = directory / VOCABULARY_CSV, directory / EMBEDDINGS_NPY
         for path in (table_path, embeddings_path):
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"emotion vocabulary file not found: {path} (python -m model.build_vocabulary)"
+                    f"emotion vocabulary file not found: {path} (python -m model.training.vocabulary)"
                 )
         with table_path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))

@@ -114,9 +114,9 @@ def analyze_file(args: argparse.Namespace, settings: Settings) -> int:
 def evaluate_clips(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
-    from model.evaluation import ManifestError
-    from stream.evaluate import evaluate_manifest, summary
+    from model.training.evaluation import ManifestError
     from stream.offline import OfflinePipeline
+    from stream.training.evaluate import evaluate_manifest, summary
 
     if args.limit is not None and args.limit < 1:
         print(f"microemo: --limit must be at least 1, got {args.limit}", file=sys.stderr)
@@ -172,7 +172,7 @@ def train_model(args: argparse.Namespace) -> int:
     import torch
 
     from model.training.projector import CheckpointExistsError, TrainConfig
-    from stream.training import train_from_manifest
+    from stream.training.projector import train_from_manifest
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("microemo: --device cuda, but torch sees no CUDA device", file=sys.stderr)
@@ -225,9 +225,9 @@ def train_heads_command(args: argparse.Namespace) -> int:
     """Prints the report (training data, speaker-grouped cross-validated scores) as JSON."""
     import dataclasses
 
-    from model.evaluation import ManifestError
+    from model.training.evaluation import ManifestError
     from model.training.heads import HeadConfig
-    from stream.train_heads import train_heads
+    from stream.training.heads import train_heads
 
     given = {"epochs": args.epochs, "hidden": args.hidden}
     config = dataclasses.replace(

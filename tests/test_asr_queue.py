@@ -7,8 +7,10 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
-from stream.audio.asr import Transcript, TranscriptionService
+from stream.audio.asr import Transcript, TranscriptionService, make_transcriber
+from stream.config import AsrSettings
 
 
 class GatedTranscriber:
@@ -64,3 +66,10 @@ async def test_a_failing_transcription_is_reported_to_its_caller_only() -> None:
     assert isinstance(outcomes[1], RuntimeError)
     assert [o.text for o in (outcomes[0], outcomes[2])] == ["ok", "ok"]  # type: ignore[union-attr]
     await service.close()
+
+
+def test_the_transcriber_is_chosen_by_the_configured_backend() -> None:
+    """audio.asr.backend is read: a backend the config's validation would refuse is refused here too."""
+    unvalidated = AsrSettings.model_construct(backend="whisper.cpp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"audio\.asr\.backend.*whisper\.cpp"):
+        make_transcriber(unvalidated)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from model.evaluation import load_manifest
 from model.training.corpora import (
     CREMA_D_EMOTIONS,
     EMODB_EMOTIONS,
@@ -20,6 +19,7 @@ from model.training.corpora import (
     corpus_clips,
     write_manifest,
 )
+from model.training.evaluation import load_manifest
 from model.vocabulary import FAMILIES, EmotionVocabulary
 from stream.cli import main
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model.evaluation import (
+from model.training.evaluation import (
     UNANSWERED,
     ClipPrediction,
     LabelledClip,
@@ -228,7 +228,7 @@ def test_label_only_manifest_with_family_and_grouping_keys(tmp_path: Path) -> No
 def test_summary_shows_the_scores_beside_the_baseline(vocabulary: EmotionVocabulary, tmp_path: Path) -> None:
     from rich.console import Console
 
-    from stream.evaluate import summary
+    from stream.training.evaluate import summary
 
     clips = [
         LabelledClip(tmp_path / "a.wav", ("happy",), groups={"speaker": "[01]"}),

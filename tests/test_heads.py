@@ -26,7 +26,7 @@ from model.prosody import measure_prosody
 from model.text_affect import analyse_text
 from model.training.heads import HeadConfig
 from model.vocabulary import FAMILIES, EmotionVocabulary
-from stream.train_heads import train_heads
+from stream.training.heads import train_heads
 from tests.harness import run_cli
 from tests.media import SPEECH_RATE, decode_mono
 
@@ -146,7 +146,7 @@ def test_shipped_heads_are_small_and_say_what_they_were_trained_on(shipped: Emot
 def test_the_estimator_reads_the_voice_and_ranks_open_vocabulary_labels(
     shipped: EmotionHeads, tiny_corpus: Path
 ) -> None:
-    from stream.head_features import VoiceFeatureExtractor
+    from stream.training.head_features import VoiceFeatureExtractor
 
     extractor = VoiceFeatureExtractor()
     pcm = decode_mono(tiny_corpus / "en-us-anger-0.wav")
@@ -168,7 +168,7 @@ def test_the_estimator_reads_the_voice_and_ranks_open_vocabulary_labels(
 
 
 def test_transcription_keeps_the_encoder_states_the_voice_head_was_trained_on(tiny_corpus: Path) -> None:
-    from stream.head_features import VoiceFeatureExtractor
+    from stream.training.head_features import VoiceFeatureExtractor
 
     extractor = VoiceFeatureExtractor()
     utterance = extractor.utterances(decode_mono(tiny_corpus / "en-us-sadness-1.wav"))[0]

@@ -17,7 +17,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model h
 
 from model.clip import ClipFeatures  # noqa: E402
 from model.encoder import EncoderConfig, GlobalLocalEncoder  # noqa: E402
-from model.evaluation import LabelledClip  # noqa: E402
 from model.llm import (  # noqa: E402
     JSON_ANSWER_PREFIX,
     LLMReasoner,
@@ -28,6 +27,7 @@ from model.llm import (  # noqa: E402
 )
 from model.prefix import PrefixEncoder  # noqa: E402
 from model.qformer import QFormerConfig, VideoQFormer  # noqa: E402
+from model.training.evaluation import LabelledClip  # noqa: E402
 from model.training.projector import (  # noqa: E402
     TrainConfig,
     TrainingUtterance,
@@ -39,8 +39,8 @@ from model.training.projector import (  # noqa: E402
     train,
 )
 from stream.cli import main  # noqa: E402
-from stream.clip_features import extract_manifest  # noqa: E402
-from stream.training import training_calls  # noqa: E402
+from stream.training.clip_features import extract_manifest  # noqa: E402
+from stream.training.projector import training_calls  # noqa: E402
 from stream.video.faces import choose_speaker  # noqa: E402
 from tests.media import LABELLED_SCRIPTS, write_labelled_clips  # noqa: E402
 from tests.tiny_llm import build_tiny_llama  # noqa: E402

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.build_vocabulary import AffectAnchors, build_vocabulary
+from model.training.vocabulary import AffectAnchors, build_vocabulary
 from model.vocabulary import FAMILIES, EmotionVocabulary, SentenceEncoder
 
 # Words everyone places the same way on Russell's circumplex; none is an anchor of the projection.

@@ -1,1 +1,1 @@
-"""Training the emotion model: manifests of labelled corpora, and the heads learned on their features."""
+"""Training and evaluation of the emotion model: corpora, heads, projector, scores, vocabulary; never runtime."""

@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from model.clip import ClipFeatures, check_sizes
 from model.encoder import EncoderConfig, GlobalLocalEncoder
-from model.evaluation import LabelledClip
 from model.llm import (
     CONTENT_FREE,
     LLMSettings,
@@ -37,6 +36,7 @@ from model.llm import (
 )
 from model.prefix import utterance_tokens
 from model.qformer import CHECKPOINT_FORMAT, IncrementalQFormerCache, QFormerConfig, VideoQFormer
+from model.training.evaluation import LabelledClip
 
 log = logging.getLogger(__name__)
 

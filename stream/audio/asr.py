@@ -138,7 +138,10 @@ def _to_numpy(storage: object) -> np.ndarray:
 
 
 def make_transcriber(settings: AsrSettings) -> Transcriber:
-    return FasterWhisperTranscriber(settings)
+    """The backend named by audio.asr.backend; faster-whisper is the only one today."""
+    if settings.backend == "faster-whisper":
+        return FasterWhisperTranscriber(settings)
+    raise ValueError(f"audio.asr.backend: unknown backend {settings.backend!r}; expected 'faster-whisper'")
 
 
 class TranscriptionService:

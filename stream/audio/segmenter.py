@@ -104,10 +104,6 @@ class Segmenter:
             max_utterance_s=vad.max_utterance_s,
         )
 
-    @property
-    def in_speech(self) -> bool:
-        return self._state is _State.SPEECH
-
     def push(self, t: float, samples: np.ndarray, speech_prob: float) -> list[SegmentEvent]:
         """Feed one chunk of audio (starting at media time t) and its speech probability."""
         self._audio.append(t, samples)

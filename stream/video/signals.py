@@ -39,7 +39,6 @@ REGION_SIGNALS: tuple[RegionSignal, ...] = (
     RegionSignal("head_pitch", "", "head", False),
     RegionSignal("head_roll", "", "head", False),
 )
-SIGNAL_NAMES: tuple[str, ...] = tuple(s.name for s in REGION_SIGNALS)
 
 # Blendshapes that measure a signal; left/right pairs take the larger side so one-sided actions count.
 BLENDSHAPE_SOURCES: dict[str, tuple[str, ...]] = {
@@ -144,7 +143,7 @@ CROP_TEMPLATE_112 = np.array(
 class FaceSignals:
     """Signals of one face in one frame, plus where the face sits (for head motion)."""
 
-    values: dict[str, float]  # name from SIGNAL_NAMES -> activation units (head_*: degrees)
+    values: dict[str, float]  # name from REGION_SIGNALS -> activation units (head_*: degrees)
     center: tuple[float, float]  # eye midpoint, pixels
     interocular: float  # pixels
 

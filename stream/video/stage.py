@@ -247,7 +247,7 @@ class VideoAnalysis:
         frame, t = item.frame, item.t
         if item.keep and self._whole_frames is not None:
             size = self._whole_frames.size
-            # From the full frame, squashed to a square, as stream/clip_features.py makes training clips
+            # From the full frame, squashed to a square, as stream/training/clip_features.py makes training clips
             self.buffer.keep_frame(t, frame.to_ndarray(format="rgb24", width=size, height=size))
         if not item.analyse:
             return

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from model.clip import ClipFeatures
-from model.evaluation import LabelledClip, load_manifest
+from model.training.evaluation import LabelledClip, load_manifest
 from stream.video.clips import as_clip_features, crop_of_size
 from stream.video.faces import (
     FaceAnalyzer,

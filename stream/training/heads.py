@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.evaluation import LabelledClip, family_of, load_manifest
 from model.heads import save_heads
 from model.training.corpora import EVALUATION_ONLY
+from model.training.evaluation import LabelledClip, family_of, load_manifest
 from model.training.heads import (
     HeadConfig,
     LabelledFeatures,
@@ -29,7 +29,7 @@ from model.training.heads import (
     train_mlp,
 )
 from model.vocabulary import FAMILIES, EmotionVocabulary
-from stream.head_features import extract_voice
+from stream.training.head_features import extract_voice
 
 log = logging.getLogger(__name__)
 HEADS_VERSION = 1

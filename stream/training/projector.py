@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from model.clip import ClipFeatures
-from model.evaluation import LabelledClip
+from model.training.evaluation import LabelledClip
 from model.training.projector import (
     TrainConfig,
     TrainingUtterance,
@@ -16,7 +16,7 @@ from model.training.projector import (
     target_text,
     train,
 )
-from stream.clip_features import extract_manifest
+from stream.training.clip_features import extract_manifest
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`microemo eval MANIFEST`: the offline pipeline on labelled clips, scored by model/evaluation.py."""
+"""`microemo eval MANIFEST`: the offline pipeline on labelled clips, scored by model/training/evaluation.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rich.table import Column, Table
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from model.evaluation import (
+from model.training.evaluation import (
     ClipPrediction,
     LabelledClip,
     ManifestError,

@@ -1,0 +1,1 @@
+"""Training and evaluation commands (`microemo train`, `train-heads`, `eval`); the runtime never imports it."""
