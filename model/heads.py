@@ -79,18 +79,21 @@ def pool_encoder_states(states: npt.NDArray[np.float32], n_samples: int) -> Vect
 
 
 def prosody_features(prosody: Prosody) -> Vector:
-    """(2 × len(PROSODY_FIELDS) − 3,) prosody values (0 where unmeasurable) and their present flags."""
-    values = [
-        None if prosody.f0_median_hz is None else 12.0 * math.log2(prosody.f0_median_hz / 100.0),
-        prosody.f0_range_semitones,
-        prosody.f0_slope_st_per_s,
-        prosody.jitter_local,
-        prosody.shimmer_local,
-        prosody.hnr_db,
-        prosody.energy_range_db,
-        prosody.voiced_fraction,
-        prosody.duration_s,
-    ]
+    """(15,) the PROSODY_FIELDS values (0 where unmeasurable), then present flags of the optional six."""
+    measured = {
+        "f0_median_st": None
+        if prosody.f0_median_hz is None
+        else 12.0 * math.log2(prosody.f0_median_hz / 100.0),
+        "f0_range_semitones": prosody.f0_range_semitones,
+        "f0_slope_st_per_s": prosody.f0_slope_st_per_s,
+        "jitter_local": prosody.jitter_local,
+        "shimmer_local": prosody.shimmer_local,
+        "hnr_db": prosody.hnr_db,
+        "energy_range_db": prosody.energy_range_db,
+        "voiced_fraction": prosody.voiced_fraction,
+        "duration_s": prosody.duration_s,
+    }
+    values = [measured[name] for name in PROSODY_FIELDS]
     present = [float(v is not None) for v in values[:_OPTIONAL_PROSODY]]
     return np.array([0.0 if v is None else float(v) for v in values] + present, dtype=np.float32)
 
