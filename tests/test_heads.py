@@ -178,3 +178,23 @@ def test_transcription_keeps_the_encoder_states_the_voice_head_was_trained_on(ti
     standalone = extractor.voice_states(utterance.pcm)
     # the same encoder on the same audio; the mel frames at the window's edge differ slightly
     assert np.corrcoef(transcript.voice, standalone)[0, 1] > 0.99
+
+
+def test_without_a_face_head_the_rules_face_reading_stands_in(shipped: EmotionHeads) -> None:
+    from model.cues import VisualClues
+
+    smile = VisualClues(
+        present=1.0,
+        episodes=(),
+        blinks=0,
+        action_units={"lip_corner_pull": 0.6, "cheek_raise": 0.3},
+        expression={"happy": 0.9, "neutral": 0.1},
+    )
+    seen = HeadsEstimator(EmotionVocabulary.load(), shipped).estimate(
+        Clues("u-0", 0.0, 1.0, None, smile, None)
+    )
+    assert shipped.face is None  # no labelled face video was found to train one (model/data/CARD.md)
+    assert max(seen.families, key=seen.families.__getitem__) == "happiness"
+    assert seen.valence > 0
+    assert [vote.modality for vote in seen.votes] == ["visual"]
+    assert seen.votes[0].evidence[0].startswith("visual reads as happiness")
