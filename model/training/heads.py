@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from model.heads import Fusion, HeadReading, Mlp
+from model.training.evaluation import family_scores
 from model.vocabulary import FAMILIES
 
 
@@ -60,9 +61,7 @@ def train_mlp(data: LabelledFeatures, config: HeadConfig) -> Mlp:
         nn.Dropout(config.dropout),
         nn.Linear(config.hidden, len(FAMILIES)),  # (N, H) → (N, 7)
     )
-    counts = torch.bincount(y, minlength=len(FAMILIES)).float()
-    weights = torch.where(counts > 0, counts.sum() / (len(FAMILIES) * counts.clamp_min(1)), 0.0)
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+    loss_fn = nn.CrossEntropyLoss(weight=_balanced(y), label_smoothing=config.label_smoothing)
     decay = [p for p in net.parameters() if p.dim() >= 2]
     no_decay = [p for p in net.parameters() if p.dim() < 2]
     optimiser = torch.optim.AdamW(
@@ -129,9 +128,7 @@ def fit_fusion(
     scales = {m: torch.tensor(1.0, requires_grad=True) for m in Fusion.MODALITIES}
     shifts = {m: torch.zeros(k, requires_grad=True) for m in Fusion.MODALITIES}
     y = torch.from_numpy(families.astype(np.int64))
-    counts = torch.bincount(y, minlength=k).float()
-    weights = torch.where(counts > 0, counts.sum() / (k * counts.clamp_min(1)), 0.0)
-    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    loss_fn = nn.CrossEntropyLoss(weight=_balanced(y))
     optimiser = torch.optim.Adam([bias, *scales.values(), *shifts.values()], lr=0.05)
     generator = torch.Generator().manual_seed(config.seed)
     for _ in range(steps):
@@ -162,23 +159,15 @@ def subset(data: LabelledFeatures, rows: npt.NDArray[np.int64]) -> LabelledFeatu
 
 
 def scores(truth: npt.NDArray[np.int64], predicted: npt.NDArray[np.int64]) -> dict[str, Any]:
-    """Accuracy, unweighted average recall and weighted F1 over the families present in `truth`."""
-    recalls, f1s, supports = [], [], []
-    for family in np.unique(truth):
-        tp = int(np.sum((truth == family) & (predicted == family)))
-        support = int(np.sum(truth == family))
-        predicted_count = int(np.sum(predicted == family))
-        precision = tp / predicted_count if predicted_count else 0.0
-        recall = tp / support
-        recalls.append(recall)
-        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-        supports.append(support)
-    return {
-        "utterances": int(len(truth)),
-        "accuracy": float(np.mean(truth == predicted)),
-        "uar": float(np.mean(recalls)),
-        "weighted_f1": float(np.average(f1s, weights=supports)),
-    }
+    """Accuracy, unweighted average recall and weighted F1 of family indices, as `microemo eval` scores them."""
+    families = family_scores([FAMILIES[i] for i in truth], [FAMILIES[i] for i in predicted])
+    return {"utterances": int(len(truth)), **{k: families[k] for k in ("accuracy", "uar", "weighted_f1")}}
+
+
+def _balanced(families: torch.Tensor) -> torch.Tensor:
+    """Class weights for the loss: each family present weighs as much as the others together; absent ones 0."""
+    counts = torch.bincount(families, minlength=len(FAMILIES)).float()
+    return torch.where(counts > 0, counts.sum() / (len(FAMILIES) * counts.clamp_min(1)), 0.0)
 
 
 def _numpy(layer: nn.Linear) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
