@@ -5,7 +5,12 @@ per second per peer and frames dropped, server CPU % and peak RSS, and the CPU t
 run on the same 2 cores; their video is VP8 encoded once up front, so they only packetise it). Then 50 join/leave cycles (RSS
 growth) and optionally one long call (RSS sampled over time).
 
-python -m bench.bench_spine [--peers 1 2 4] [--cycles 50] [--no-video] [--long-call-s 600]
+With --long-turns, each peer speaks three long turns (two sentences joined by a breath shorter than
+min_silence): the first interim transcript after each turn's start, interim updates per utterance and those
+skipped under load are reported too. With video and N > 1, each utterance's reactions (the other peers are its
+listeners) are timed from the speaker's emotion event.
+
+python -m bench.bench_spine [--peers 1 2 4] [--cycles 50] [--no-video] [--long-turns] [--long-call-s 600]
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 
 from stream.config import load_settings
 from tests.harness import ROOT, EventLog, ServerProcess, events_url
-from tests.media import SPEECH_RATE, Speech, compose
+from tests.media import SPEECH_RATE, Speech, compose, compose_turns
 from tests.peer import EncodedVideoTrack, Peer, SpeechTrack, encode_vp8
 from tests.synth import render_clip
 
@@ -36,6 +41,14 @@ SENTENCES = [
     "That is wonderful news, I love it.",
     "Please send me the report before the meeting tomorrow.",
     "I guess it is fine, but I am not sure about the plan.",
+]
+LONG_TURNS = [
+    [
+        "I have been thinking about the plan for the new clinic all week long.",
+        "We should open it in the spring.",
+    ],
+    ["The doctors want more rooms for the children.", "I think that is a very good idea, honestly."],
+    ["Please send me the numbers before the meeting.", "Then we can decide together on Friday."],
 ]
 
 
@@ -52,6 +65,8 @@ def scrape(server: ServerProcess) -> dict[str, float]:
         "microemo_asr_audio_seconds_total",
         'microemo_stage_seconds_count{stage="faces"}',
         "microemo_dropped_frames_total",
+        'microemo_interim_skipped_total{event="utterance"}',
+        'microemo_interim_skipped_total{event="emotion"}',
         *(
             f'microemo_stage_latency_seconds_{part}{{stage="{stage}"}}'
             for stage in ("speech.end", "utterance", "emotion")
@@ -95,6 +110,20 @@ async def one_peer(
     for kind in latencies:
         for message, (_, end) in zip(events.of_type(kind, name), speech.spans, strict=False):
             latencies[kind].append(arrival[id(message)] - (audio.started_at + end))
+    # interim: the first interim transcript of each utterance, from the start of its speech (as sent)
+    latencies["first_interim"], latencies["interim_count"] = [], []
+    for final, (start, _) in zip(events.of_type("utterance", name), speech.spans, strict=False):
+        interim = [m for m in events.interim("utterance", name) if m["utterance"] == final["utterance"]]
+        latencies["interim_count"].append(len(interim))
+        if interim:
+            latencies["first_interim"].append(arrival[id(interim[0])] - (audio.started_at + start))
+    # reactions of the other peers to this peer's utterances, from this peer's emotion event
+    emotions = {m["utterance"]: arrival[id(m)] for m in events.of_type("emotion", name)}
+    latencies["reaction_after_emotion"] = [
+        arrival[id(m)] - emotions[m["utterance"]]
+        for m in events.of_type("reaction")
+        if m["speaker"] == name and m["utterance"] in emotions
+    ]
     return latencies, streamed_s
 
 
@@ -110,8 +139,10 @@ async def run_concurrent(
     def delta(name: str) -> float:
         return after[name] - before[name]
 
-    def ms(kind: str) -> dict[str, float]:
+    def ms(kind: str) -> dict[str, float] | None:
         values = [x for r in results for x in r[kind]]
+        if not values:
+            return None
         return {"p50": round(1000 * percentile(values, 50)), "p95": round(1000 * percentile(values, 95))}
 
     def server_side_mean_ms(
@@ -132,6 +163,14 @@ async def run_concurrent(
         "speech_end_ms": ms("speech.end"),
         "utterance_ms": ms("utterance"),
         "emotion_ms": ms("emotion"),
+        "first_interim_ms": ms("first_interim"),
+        "interim_per_utterance": round(float(np.mean([x for r in results for x in r["interim_count"]])), 2),
+        "interim_skipped": {
+            kind: int(delta(f'microemo_interim_skipped_total{{event="{kind}"}}'))
+            for kind in ("utterance", "emotion")
+        },
+        "reactions": sum(len(r["reaction_after_emotion"]) for r in results),
+        "reaction_after_emotion_ms": ms("reaction_after_emotion"),
         "server_side_mean_ms": {k: server_side_mean_ms(k) for k in ("speech.end", "utterance", "emotion")},
         "asr_rtf": round(compute / audio, 3) if audio else None,
         "server_cpu_percent": round(100 * (cpu1 - cpu0) / (wall1 - wall0)),
@@ -197,7 +236,11 @@ async def join_leave_cycles(server: ServerProcess, cycles: int) -> dict[str, Any
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    speech = compose(SENTENCES, lead_s=0.5, pause_s=1.2, tail_s=1.2)
+    speech = (
+        compose_turns(LONG_TURNS, lead_s=0.5)
+        if args.long_turns
+        else compose(SENTENCES, lead_s=0.5, pause_s=1.2, tail_s=1.2)
+    )
     settings = load_settings(ROOT / "config.yaml")
     frames = None if args.no_video else face_video()
     server_config = {**json.loads(args.config_json), "webrtc": {"host_addresses": ["127.0.0.1"]}}
@@ -243,6 +286,9 @@ def main() -> None:
     parser.add_argument("--peers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--no-video", action="store_true", help="peers send audio only")
+    parser.add_argument(
+        "--long-turns", action="store_true", help="three long turns each instead of sentences"
+    )
     parser.add_argument(
         "--config-json",
         default="{}",

@@ -14,8 +14,14 @@ def describe(event: dict[str, Any]) -> str:
     who = f"{event.get('participant', '-')}"
     span = f"{event['t0']:7.2f}–{event['t1']:<7.2f}" if "t1" in event else " " * 15
     kind = event["type"]
-    if kind == "utterance":
+    if event.get("final") is False and kind in ("utterance", "face"):
+        kind += " (so far)"  # an utterance still being spoken; the closing event replaces it
+    if kind.startswith("utterance"):
         detail = f"“{event['text']}”"
+    elif kind == "reaction":
+        moves = ", ".join(sorted({m["region"] for m in event["micro"]})) or "no movement"
+        valence = "" if event["valence"] is None else f"  v={event['valence']:+.2f}"
+        detail = f"to {event['speaker']}'s {event['utterance']}: {moves}{valence}"
     elif kind == "participant.leave":
         detail = f"left ({event['reason']})"
     elif kind == "participant.join":

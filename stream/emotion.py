@@ -61,16 +61,41 @@ class EmotionStage:
             else FastEstimator(self.vocabulary, **options)
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emotion")
+        self._running = 0  # estimates submitted and not yet done
         self.name = self._estimator.name
         self.refiner = LLMRefiner(llm, self.vocabulary, settings.top_k) if llm.enabled else None
 
     async def estimate(
-        self, utterance: UtteranceInput, speaker: SpeakerBaseline
+        self, utterance: UtteranceInput, speaker: SpeakerBaseline | None
     ) -> tuple[Clues, EmotionEstimate]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._estimate, utterance, speaker)
+        self._running += 1
+        try:
+            return await loop.run_in_executor(self._executor, self._estimate, utterance, speaker)
+        finally:
+            self._running -= 1
 
-    def _estimate(self, utterance: UtteranceInput, speaker: SpeakerBaseline) -> tuple[Clues, EmotionEstimate]:
+    @property
+    def idle(self) -> bool:
+        """No estimate waiting or running: an interim one now delays no closed utterance's."""
+        return self._running == 0
+
+    async def face_reading(self, utterance: str, window: FaceWindow) -> EmotionEstimate | None:
+        """The fast estimate from a face alone (a listener's, over someone else's utterance); None without a
+        face clear enough to read."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._face_reading, utterance, window)
+
+    def _face_reading(self, utterance: str, window: FaceWindow) -> EmotionEstimate | None:
+        visual = self._extractor.visual_clues(face_evidence(window))
+        if visual is None:
+            return None
+        clues = Clues(utterance=utterance, t0=window.t0, t1=window.t1, text=None, visual=visual, audio=None)
+        return self._estimator.estimate(clues)
+
+    def _estimate(
+        self, utterance: UtteranceInput, speaker: SpeakerBaseline | None
+    ) -> tuple[Clues, EmotionEstimate]:
         started = time.perf_counter()
         clues = self._extractor.extract(utterance, speaker)
         estimate = self._estimator.estimate(clues)

@@ -9,7 +9,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: interim `utterance`/`face` (`final`), `reaction` events, `closed_by: "stall"`
+OLDEST_VERSION = 1  # subscribers may ask for it (`/events?v=1`): see `for_version`
 SCHEMA_PATH = Path(__file__).parent / "schema" / "events.json"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -70,6 +71,12 @@ class WordTiming:
     prob: float
 
 
+@dataclass(frozen=True, slots=True)
+class Label:
+    label: str
+    score: float
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UtteranceEvent(CallEvent):
     TYPE: ClassVar[str] = "utterance"
@@ -80,7 +87,10 @@ class UtteranceEvent(CallEvent):
     words: tuple[WordTiming, ...]
     lang: str
     continues: str | None = None  # id of the utterance this one continues after a forced close
-    closed_by: str = "silence"  # silence | max_length | flush (peer gone)
+    closed_by: str | None = (
+        None  # silence | max_length | flush (peer gone) | stall (media stopped); None: open
+    )
+    final: bool = True  # False: the speech so far of an utterance still open (the closing one replaces it)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,12 +103,25 @@ class FaceEvent(CallEvent):
     present: float  # fraction of analysed frames in [t0, t1] with that face
     regions: dict[str, dict[str, float]]  # per AU-named signal: mean, max, std over the window
     micro: list[dict[str, Any]]  # episodes: region, onset, apex, offset, intensity, kind
+    final: bool = True  # False: over the speech so far of an utterance still open
 
 
-@dataclass(frozen=True, slots=True)
-class Label:
-    label: str
-    score: float
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReactionEvent(CallEvent):
+    """A listener's face (`participant`) over another participant's utterance, in the listener's media time."""
+
+    TYPE: ClassVar[str] = "reaction"
+    utterance: str  # the speaker's utterance id
+    speaker: str
+    t0: float
+    t1: float
+    track: int | None
+    present: float
+    regions: dict[str, dict[str, float]]
+    micro: list[dict[str, Any]]
+    valence: float | None  # the face vote of the fast estimate; None when no face was seen
+    arousal: float | None
+    labels: tuple[Label, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,6 +159,24 @@ def encode(event: CallEvent, seq: int, ts: float) -> dict[str, Any]:
     }
 
 
+def for_version(message: dict[str, Any], version: int) -> dict[str, Any] | None:
+    """An event as a subscriber of an older schema version reads it; None when that version has no such event.
+
+    Version 1 had no interim updates and no reactions (dropped: such a subscriber sees gaps in seq, as with a
+    `types` filter), no `final` on utterance and face events, and called a stalled stream's close a flush."""
+    if version >= SCHEMA_VERSION:
+        return message
+    if message["type"] == "reaction" or (message["type"] in ("utterance", "face") and not message["final"]):
+        return None
+    old = {
+        k: v for k, v in message.items() if not (k == "final" and message["type"] in ("utterance", "face"))
+    }
+    if old.get("closed_by") == "stall":
+        old["closed_by"] = "flush"
+    old["v"] = version
+    return old
+
+
 def reply(type_: str, ts: float, **extra: Any) -> dict[str, Any]:
     """A message to one subscriber only (pong, or an error about what it sent): no call sequence number."""
     return {"type": type_, "v": SCHEMA_VERSION, "ts": ts, **extra}
@@ -167,5 +208,6 @@ EVENT_TYPES = (
     "utterance",
     "face",
     "emotion",
+    "reaction",
     "error",
 )

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from stream import metrics
-from stream.events import CallEvent, encode, reply
+from stream.events import SCHEMA_VERSION, CallEvent, encode, for_version, reply
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +21,12 @@ Sink = Callable[[Message], None]
 class Subscriber:
     """One websocket client's view of the hub. `call=None` receives every call (admin)."""
 
-    def __init__(self, call: str | None, types: frozenset[str] | None, maxsize: int) -> None:
+    def __init__(
+        self, call: str | None, types: frozenset[str] | None, maxsize: int, version: int = SCHEMA_VERSION
+    ) -> None:
         self.call = call
         self.types = types
+        self.version = version  # the schema version this subscriber reads (events.for_version)
         self._queue: deque[Message] = deque()
         self._maxsize = maxsize
         self._ready = asyncio.Event()
@@ -77,7 +80,9 @@ class Hub:
         metrics.EVENTS.labels(event.TYPE).inc()
         for subscriber in list(self._subscribers):
             if subscriber.wants(message):
-                subscriber.offer(message)
+                view = for_version(message, subscriber.version)
+                if view is not None:
+                    subscriber.offer(view)
         for sink in self._sinks:
             try:
                 sink(message)
@@ -85,8 +90,10 @@ class Hub:
                 log.exception("event sink failed", extra={"call": event.call})
         return message
 
-    def subscribe(self, call: str | None, types: Iterable[str] | None = None) -> Subscriber:
-        subscriber = Subscriber(call, frozenset(types) if types else None, self._subscriber_queue)
+    def subscribe(
+        self, call: str | None, types: Iterable[str] | None = None, version: int = SCHEMA_VERSION
+    ) -> Subscriber:
+        subscriber = Subscriber(call, frozenset(types) if types else None, self._subscriber_queue, version)
         self._subscribers.add(subscriber)
         return subscriber
 

@@ -60,3 +60,20 @@ LLM_SKIPPED = Counter(
     "Utterances not refined because the LLM backlog was full",
     registry=REGISTRY,
 )
+INTERIM_SKIPPED = Counter(
+    "microemo_interim_skipped_total",
+    "Interim updates of open utterances skipped because final work was waiting or running",
+    ["event"],
+    registry=REGISTRY,
+)
+MEDIA_STALLS = Counter(
+    "microemo_media_stalls_total",
+    "Tracks whose frames stopped arriving while their peer stayed connected (audio: the open speech was closed)",
+    ["kind"],
+    registry=REGISTRY,
+)
+REACTIONS = Counter(
+    "microemo_reactions_total",
+    "Listeners' reactions published (one per listener per utterance)",
+    registry=REGISTRY,
+)

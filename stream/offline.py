@@ -114,7 +114,7 @@ class OfflinePipeline:
                 sink.write(json.dumps(message) + "\n")
 
             hub.add_sink(write)
-            parts = PipelineParts(hub, self.vad_model, asr, settings.audio.vad, settings.video, self.emotion)
+            parts = PipelineParts(hub, self.vad_model, asr, settings.audio, settings.video, self.emotion)
             session = build_session(
                 parts,
                 call=call,

@@ -21,6 +21,12 @@ class EndOfStream:
     """The media has ended: each stage finishes the frames it holds, pushes what they make, then passes this on."""
 
 
+@dataclass(frozen=True, slots=True)
+class MediaStalled:
+    """A track's frames stopped arriving while its peer stays connected: the audio chain closes the speech heard
+    so far; when frames come back, their media time again counts from the participant's first frame."""
+
+
 class Processor(Generic[In, Out]):
     """One stage of the chain: takes its frames in `process`, hands its own frames to the next stage by `push`.
 

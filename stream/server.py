@@ -23,10 +23,11 @@ from stream.auth import Authorizer
 from stream.config import Settings, VideoSettings
 from stream.emotion import EmotionStage
 from stream.errors import ApiError
-from stream.events import EVENT_TYPES, SCHEMA_PATH, is_valid_id, reply
+from stream.events import EVENT_TYPES, OLDEST_VERSION, SCHEMA_PATH, SCHEMA_VERSION, is_valid_id, reply
 from stream.hub import Hub, Subscriber
 from stream.mqtt import MqttBridge
 from stream.session import ParticipantSession, PipelineParts, build_session
+from stream.stages.reactions import Listeners
 from stream.video.faces import make_face_analyzer
 from stream.video.stage import FACE_HEALTH
 from stream.webrtc import rtc_configuration
@@ -46,6 +47,7 @@ class Services:
     mqtt: MqttBridge | None = None
     emotion: EmotionStage | None = None
     sessions: dict[str, ParticipantSession] = field(default_factory=dict)  # by session id
+    listeners: Listeners = field(default_factory=Listeners)  # who else in each call may react
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
 
     def forget(self, session: ParticipantSession) -> None:
@@ -219,7 +221,13 @@ def new_session(
     """A ParticipantSession wired to its peer connection's tracks and states."""
     settings = services.settings
     parts = PipelineParts(
-        services.hub, services.vad_model, services.asr, settings.audio.vad, settings.video, services.emotion
+        services.hub,
+        services.vad_model,
+        services.asr,
+        settings.audio,
+        settings.video,
+        services.emotion,
+        services.listeners,
     )
     session = build_session(
         parts, call=call, participant=participant, session_id=session_id, pc=pc, on_closed=services.forget
@@ -278,6 +286,15 @@ def parse_types(raw: str | None) -> frozenset[str] | None:
     return types
 
 
+def parse_version(raw: str | None) -> int:
+    """The schema version a subscriber reads (`?v=`): the current one unless it asks for an older one."""
+    if raw is None:
+        return SCHEMA_VERSION
+    if not raw.isdigit() or not OLDEST_VERSION <= int(raw) <= SCHEMA_VERSION:
+        raise ApiError(400, "bad_version", f"v must be {OLDEST_VERSION}..{SCHEMA_VERSION}")
+    return int(raw)
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     call = request.query.get("call")
@@ -285,11 +302,12 @@ async def events(request: web.Request) -> web.StreamResponse:
         valid_id(call, "call")
     services.auth.require_subscribe(request, call)
     types = parse_types(request.query.get("types"))
+    version = parse_version(request.query.get("v"))
     ws = web.WebSocketResponse(heartbeat=20.0)
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "websocket_required", "GET /events is a websocket endpoint")
     await ws.prepare(request)
-    subscriber = services.hub.subscribe(call, types)
+    subscriber = services.hub.subscribe(call, types, version)
     services.websockets.add(ws)
     writer = asyncio.create_task(_write_events(ws, subscriber, services.settings.hub.send_timeout_s))
     try:

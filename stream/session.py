@@ -11,16 +11,18 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
+from stream import metrics
 from stream.audio.asr import TranscriptionService
 from stream.audio.vad import SileroModel
 from stream.clock import LiveClock, MediaClock
-from stream.config import VadSettings, VideoSettings
+from stream.config import AudioSettings, VideoSettings
 from stream.emotion import EmotionStage
 from stream.events import ParticipantJoin, ParticipantLeave
 from stream.hub import Hub
-from stream.pipeline import EndOfStream, ParticipantContext, Processor
+from stream.pipeline import EndOfStream, MediaStalled, ParticipantContext, Processor
 from stream.stages.emotion import Estimate, Refine
 from stream.stages.faces import FaceWindows, VideoFrames
+from stream.stages.reactions import Listener, Listeners, React
 from stream.stages.speech import Resample, ScoreSpeech, Segment
 from stream.stages.transcribe import Transcribe
 
@@ -30,14 +32,16 @@ _DRAIN_TIMEOUT_S = 0.5
 
 @dataclass(frozen=True, slots=True)
 class PipelineParts:
-    """What every participant's pipeline shares: the hub, the models, and the settings of the stages."""
+    """What every participant's pipeline shares: the hub, the models, the settings of the stages, and who else is
+    in each call (for listeners' reactions; None: each participant is on their own, as in a file)."""
 
     hub: Hub
     vad_model: SileroModel
     asr: TranscriptionService
-    vad: VadSettings
+    audio: AudioSettings
     video: VideoSettings
     emotion: EmotionStage | None
+    listeners: Listeners | None = None
 
 
 def build_session(
@@ -65,22 +69,33 @@ def build_session(
     if parts.video.enabled:
         video = VideoFrames(context, parts.video, emotion.whole_frames if emotion is not None else None)
     audio = Resample(context.clock)
+    # Interim updates and stalls are about live media: a file is read faster than it was spoken, and never stalls
+    live = context.clock.realtime
+    interim_s = parts.audio.interim_s if live else None
+    interim_emotion_s = emotion.settings.interim_s if emotion is not None and live else None
     faces = (
         audio.then(ScoreSpeech(parts.vad_model))
-        .then(Segment(context, parts.vad))
-        .then(Transcribe(context, parts.asr))
+        .then(Segment(context, parts.audio.vad, interim_s))
+        .then(Transcribe(context, parts.asr, interim_emotion_s))
         .then(FaceWindows(context, video))
     )
     if emotion is not None:
-        estimate = faces.then(Estimate(context, emotion))
+        estimated: Processor[Any, Any] = faces.then(Estimate(context, emotion))
+        if parts.listeners is not None:
+            estimated = estimated.then(React(context, parts.listeners, emotion))
         if emotion.refiner is not None:
-            estimate.then(Refine(context, emotion.refiner))
+            estimated.then(Refine(context, emotion.refiner))
+    listeners = parts.listeners if video is not None else None
+    if listeners is not None and video is not None:
+        listeners.join(call, Listener(participant, video, context.clock))
     return ParticipantSession(
         context,
         session_id,
         pc,
         audio=audio,
         video=video,
+        stall_s=parts.audio.stall_s if live else None,
+        listeners=listeners,
         media_end_reason=media_end_reason,
         on_closed=on_closed,
     )
@@ -89,7 +104,8 @@ def build_session(
 class ParticipantSession:
     """Owns one RTCPeerConnection (None for a file) and feeds its tracks to the chains: the first audio track
     to the audio chain, the first video track to the face analysis; any further track is read and dropped.
-    Media time counts from the participant's first frame on any track."""
+    Media time counts from the participant's first frame on any track. A track whose frames stop for `stall_s`
+    while the peer stays (a muted or frozen sender) tells its chain, which closes the speech heard so far."""
 
     def __init__(
         self,
@@ -99,6 +115,8 @@ class ParticipantSession:
         *,
         audio: Processor[Any, Any],
         video: VideoFrames | None,
+        stall_s: float | None = None,
+        listeners: Listeners | None = None,
         media_end_reason: str = "hangup",
         on_closed: Callable[[ParticipantSession], Awaitable[None] | None] | None = None,
     ) -> None:
@@ -108,6 +126,8 @@ class ParticipantSession:
         self._context = context
         self._audio = audio
         self._video = video
+        self._stall_s = stall_s
+        self._listeners = listeners
         self._fed: set[str] = set()  # kinds of track that feed their chain
         self._media_end_reason = media_end_reason
         self._on_closed = on_closed
@@ -150,13 +170,32 @@ class ParticipantSession:
         # A track is read to its end even when nothing analyses it, or aiortc queues its frames without bound.
         if isinstance(head, VideoFrames):
             await head.open()
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if head is not None:
-                await head.process(frame)
+        receiving: asyncio.Task[Any] | None = None
+        stalled, started = False, False
+        try:
+            while True:
+                receiving = receiving or asyncio.ensure_future(track.recv())
+                watch = self._stall_s if head is not None and started and not stalled else None
+                done, _ = await asyncio.wait({receiving}, timeout=watch)
+                if not done:  # frames stopped; the peer may still be there (a muted or frozen sender)
+                    stalled = True
+                    metrics.MEDIA_STALLS.labels(track.kind).inc()
+                    self.log.info("%s track stalled for %.1f s", track.kind, watch)
+                    await head.process(MediaStalled())  # type: ignore[union-attr]
+                    continue
+                try:
+                    frame = receiving.result()
+                except MediaStreamError:
+                    return
+                receiving = None
+                if stalled:
+                    self.log.info("%s track resumed", track.kind)
+                stalled, started = False, True
+                if head is not None:
+                    await head.process(frame)
+        finally:
+            if receiving is not None:
+                receiving.cancel()
 
     def _media_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -176,6 +215,8 @@ class ParticipantSession:
         # emitted, LLM answers arrive; then the video analysis (which the face windows read) closes.
         await self._audio.process(EndOfStream())
         if self._video is not None:
+            if self._listeners is not None:
+                self._listeners.leave(self.call, self.participant, self._video)
             await self._video.process(EndOfStream())
         if self._joined:
             self._context.publish(

@@ -176,12 +176,23 @@ class EventLog:
             self.arrivals.append(time.monotonic())
             self._arrived.set()
 
-    def of_type(self, type_: str, participant: str | None = None) -> list[dict[str, Any]]:
+    def of_type(
+        self, type_: str, participant: str | None = None, *, interim: bool = False
+    ) -> list[dict[str, Any]]:
+        """Messages of a type (and participant); interim updates of open utterances only with `interim`."""
+        closed = closing_seqs(self.messages)
         return [
             m
             for m in self.messages
-            if m["type"] == type_ and (participant is None or m.get("participant") == participant)
+            if m["type"] == type_
+            and (participant is None or m.get("participant") == participant)
+            and (interim or not is_interim(m, closed))
         ]
+
+    def interim(self, type_: str, participant: str | None = None) -> list[dict[str, Any]]:
+        """The interim updates (final: false, before their utterance closed) of a type."""
+        closed = closing_seqs(self.messages)
+        return [m for m in self.of_type(type_, participant, interim=True) if is_interim(m, closed)]
 
     async def wait_for(
         self, type_: str, participant: str | None = None, count: int = 1, timeout: float = 30
@@ -203,15 +214,41 @@ class EventLog:
         await self._ws.send(text)
 
 
+def closing_seqs(messages: list[dict[str, Any]]) -> dict[str, int]:
+    """The seq of each utterance's closing `utterance` event, by utterance id."""
+    return {m["utterance"]: m["seq"] for m in messages if m["type"] == "utterance" and m.get("final", True)}
+
+
+def is_interim(message: dict[str, Any], closing: dict[str, int]) -> bool:
+    """An update about an utterance still open: utterance and face events say so (final: false); an emotion
+    with final: false is interim when it came before its utterance closed (after, it is the fast estimate
+    that an LLM refinement follows)."""
+    if message.get("final", True) or message["type"] not in ("utterance", "face", "emotion"):
+        return False
+    if message["type"] != "emotion":
+        return True
+    closed_at = closing.get(message["utterance"])
+    return closed_at is None or message["seq"] < closed_at
+
+
 def messages_per_utterance(
     events: EventLog, validator: jsonschema.Draft202012Validator, expected: int
 ) -> list[list[dict[str, Any]]]:
     """Checks every event against the schema and that `expected` utterances came; then, for each utterance in
-    order, every message about it (the utterance event first)."""
+    order, every message its speaker's pipeline sent about it once closed (the utterance event first): no
+    interim update, no listener's reaction."""
     assert_call_events_valid(events.messages, validator)
     utterances = events.of_type("utterance")
     assert len(utterances) == expected, [u["text"] for u in utterances]
-    return [[m for m in events.messages if m.get("utterance") == u["utterance"]] for u in utterances]
+    closed = closing_seqs(events.messages)
+    return [
+        [
+            m
+            for m in events.messages
+            if m.get("utterance") == u["utterance"] and m["type"] != "reaction" and not is_interim(m, closed)
+        ]
+        for u in utterances
+    ]
 
 
 def events_url(server: ServerProcess, call: str, **query: str) -> str:

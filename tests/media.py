@@ -82,6 +82,28 @@ def compose(
     return Speech(np.concatenate(pieces), tuple(sentences), tuple(spans))
 
 
+def compose_turns(
+    turns: list[list[str]],
+    *,
+    breath_s: float = 0.3,
+    pause_s: float = 1.2,
+    lead_s: float = 0.6,
+    tail_s: float = 1.2,
+) -> Speech:
+    """Long turns: each turn's sentences joined by a breath shorter than min_silence (one utterance), turns
+    separated by pauses; one span and one text per turn."""
+    pieces, spans, t = [np.zeros(round(lead_s * SPEECH_RATE), np.float32)], [], lead_s
+    for i, turn in enumerate(turns):
+        voices = [espeak(sentence) for sentence in turn]
+        breath = np.zeros(round(breath_s * SPEECH_RATE), np.float32)
+        voice = np.concatenate([part for v in voices for part in (v, breath)][:-1])
+        spans.append((t, t + len(voice) / SPEECH_RATE))
+        gap = pause_s if i < len(turns) - 1 else tail_s
+        pieces += [voice, np.zeros(round(gap * SPEECH_RATE), np.float32)]
+        t += len(voice) / SPEECH_RATE + gap
+    return Speech(np.concatenate(pieces), tuple(" ".join(turn) for turn in turns), tuple(spans))
+
+
 def word_error_rate(reference: str, hypothesis: str) -> float:
     ref, hyp = normalise(reference).split(), normalise(hypothesis).split()
     row = list(range(len(hyp) + 1))

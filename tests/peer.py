@@ -18,16 +18,20 @@ FRAME_S = 0.02
 
 
 class SpeechTrack(MediaStreamTrack):
-    """Plays samples once in real time, then silence (a live microphone) until stopped."""
+    """Plays samples once in real time, then silence (a live microphone) until stopped.
+
+    `stall`: (at_s, for_s) — after at_s seconds of audio, send nothing for for_s seconds (a frozen sender whose
+    connection stays up), then go on where it stopped."""
 
     kind = "audio"
 
-    def __init__(self, samples: np.ndarray, rate: int) -> None:
+    def __init__(self, samples: np.ndarray, rate: int, stall: tuple[float, float] | None = None) -> None:
         super().__init__()
         self._pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
         self._rate = rate
         self._step = round(rate * FRAME_S)
         self._index = 0
+        self._stall = stall
         self.started_at: float | None = None  # monotonic time of sample 0
         self.sent_s = 0.0
 
@@ -36,6 +40,10 @@ class SpeechTrack(MediaStreamTrack):
             raise MediaStreamError
         if self.started_at is None:
             self.started_at = time.monotonic()
+        if self._stall is not None and self._index * FRAME_S >= self._stall[0]:
+            await asyncio.sleep(self._stall[1])
+            self.started_at += self._stall[1]
+            self._stall = None
         due = self.started_at + self._index * self._step / self._rate
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         begin = self._index * self._step
@@ -57,12 +65,17 @@ class PatternTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(
-        self, frames: list[np.ndarray] | None = None, fps: int = 15, size: tuple[int, int] = (320, 240)
+        self,
+        frames: list[np.ndarray] | None = None,
+        fps: int = 15,
+        size: tuple[int, int] = (320, 240),
+        stop_after_s: float | None = None,
     ):
         super().__init__()
         self._frames = frames
         self._fps = fps
         self._size = size
+        self._stop_after_s = stop_after_s  # then send nothing more, the connection up (a frozen camera)
         self._index = 0
         self._start: float | None = None
 
@@ -71,6 +84,8 @@ class PatternTrack(MediaStreamTrack):
             raise MediaStreamError
         if self._start is None:
             self._start = time.monotonic()
+        if self._stop_after_s is not None and self._index / self._fps >= self._stop_after_s:
+            await asyncio.Event().wait()  # until the track is stopped (the task is cancelled)
         await asyncio.sleep(max(0.0, self._start + self._index / self._fps - time.monotonic()))
         if self._frames:
             image = self._frames[self._index % len(self._frames)]

@@ -22,7 +22,7 @@ class GatedTranscriber:
         self.gate = threading.Event()
         self.order: list[float] = []
 
-    def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
+    def transcribe(self, pcm: np.ndarray, t_offset: float, words: bool = True) -> Transcript:
         self.gate.wait(10)
         self.order.append(t_offset)
         return Transcript(text=f"utterance at {t_offset}", words=(), lang="en")
@@ -53,7 +53,7 @@ async def test_a_failing_transcription_is_reported_to_its_caller_only() -> None:
     class Broken:
         name = "broken"
 
-        def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
+        def transcribe(self, pcm: np.ndarray, t_offset: float, words: bool = True) -> Transcript:
             if t_offset == 1.0:
                 raise RuntimeError("model crashed")
             return Transcript(text="ok", words=(), lang="en")

@@ -166,10 +166,12 @@ def alice(browser: Browser, server: ServerProcess) -> Iterator[Page]:
 
 
 def transcript_lines(page: Page, participant: str, at_least: int) -> list[dict[str, str]]:
-    lines = page.locator(f'#transcript [data-participant="{participant}"][data-utterance]')
+    """The closed utterances' lines (not the greyed words of one still being spoken)."""
+    selector = f'#transcript [data-participant="{participant}"][data-utterance][data-final="true"]'
+    lines = page.locator(selector)
     page.wait_for_function(
         "([selector, n]) => document.querySelectorAll(selector).length >= n",
-        arg=[f'#transcript [data-participant="{participant}"][data-utterance]', at_least],
+        arg=[selector, at_least],
         timeout=SLOW_MS,
     )
     return [
@@ -290,6 +292,54 @@ def test_injected_emotions_render_and_the_refined_one_wins(alice: Page, event_va
     expect(lane.locator(f'.episode.macro[data-utterance="{first}"]')).to_have_count(1)
 
     screenshot(alice, "browser-injected.png")
+
+
+def test_words_so_far_show_greyed_and_a_listeners_reaction_marks_the_speakers_lane(
+    alice: Page, event_validator: Any
+) -> None:
+    end = alice.evaluate(
+        "() => Math.max(0, ...[...window.microemo.board.people.get('alice').utterances.values()]"
+        ".map(u => u.t1 ?? 0))"
+    )
+    said, span = "injected-talk", (end + 1.0, end + 7.0)
+    line = alice.locator(f'#transcript [data-utterance="{said}"]')
+
+    inject(
+        alice, event_validator, utterance(said, (span[0], span[0] + 2.0), "so I was thinking", final=False)
+    )
+    expect(line).to_have_attribute("data-final", "false")
+    expect(line).to_have_class(re.compile(r"\binterim\b"))
+    expect(line.locator(".text")).to_have_text("so I was thinking")
+    assert line.locator(".text").evaluate("n => getComputedStyle(n).fontStyle") == "italic"
+    inject(
+        alice,
+        event_validator,
+        utterance(said, (span[0], span[0] + 4.0), "so I was thinking about the clinic", final=False),
+    )
+    expect(line).to_have_count(1)  # replaced, not added
+    expect(line.locator(".text")).to_have_text("so I was thinking about the clinic")
+
+    closing = "so I was thinking about the clinic in the spring"
+    inject(alice, event_validator, utterance(said, span, closing, final=True))
+    expect(line).to_have_count(1)
+    expect(line).to_have_attribute("data-final", "true")
+    expect(line).not_to_have_class(re.compile(r"\binterim\b"))
+    expect(line.locator(".text")).to_have_text(closing)
+    # a late interim update never replaces the closed utterance
+    inject(alice, event_validator, utterance(said, (span[0], span[0] + 2.0), "so I", final=False))
+    expect(line.locator(".text")).to_have_text(closing)
+
+    # bob, listening, smiled during it: a dot in bob's colour on alice's lane, saying how he took it
+    inject(alice, event_validator, reaction(said, "bob", span))
+    lane = alice.locator('#timeline [data-participant="alice"]')
+    mark = lane.locator(f'.reaction[data-utterance="{said}"][data-listener="bob"]')
+    expect(mark).to_have_count(1)
+    expect(mark.locator("title")).to_have_text(
+        re.compile(r"^bob reacted: lip_corner_pull · valence \+0\.60 · happy")
+    )
+    bob_colour = alice.evaluate("() => window.microemo.board.people.get('bob').colour")
+    assert mark.locator("circle").get_attribute("fill") == bob_colour
+    screenshot(alice, "browser-reaction.png")
 
 
 def test_errors_and_a_dropped_event_stream_show_in_the_status_banner(
@@ -433,8 +483,41 @@ def face(utterance: str, span: tuple[float, float], with_macro: bool) -> dict[st
     }
 
 
-def event_header(type_: str, call: str, participant: str) -> dict[str, Any]:
-    return {"type": type_, "v": 1, "call": call, "participant": participant, "seq": 10_000, "ts": time.time()}
+def utterance(said: str, span: tuple[float, float], text: str, *, final: bool) -> dict[str, Any]:
+    event = {
+        **event_header("utterance", "browser-solo", "alice", v=2),
+        "utterance": said,
+        "t0": span[0],
+        "t1": span[1],
+        "text": text,
+        "words": [],
+        "lang": "en",
+        "final": final,
+    }
+    return {**event, "closed_by": "silence"} if final else event
+
+
+def reaction(said: str, listener: str, span: tuple[float, float]) -> dict[str, Any]:
+    t0, t1 = span
+    smile = {"region": "lip_corner_pull", "onset": t0 + 1, "apex": t0 + 2, "offset": t0 + 3, "intensity": 0.3}
+    return {
+        **event_header("reaction", "browser-solo", listener, v=2),
+        "utterance": said,
+        "speaker": "alice",
+        "t0": t0,
+        "t1": t1,
+        "track": 0,
+        "present": 0.98,
+        "regions": {"lip_corner_pull": {"mean": 0.1, "max": 0.3, "std": 0.1}},
+        "micro": [{**smile, "kind": "macro"}],
+        "valence": 0.6,
+        "arousal": 0.2,
+        "labels": [{"label": "happy", "score": 0.6}, {"label": "amused", "score": 0.4}],
+    }
+
+
+def event_header(type_: str, call: str, participant: str, v: int = 1) -> dict[str, Any]:
+    return {"type": type_, "v": v, "call": call, "participant": participant, "seq": 10_000, "ts": time.time()}
 
 
 def inject(page: Page, event_validator: Any, event: dict[str, Any]) -> None:

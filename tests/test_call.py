@@ -7,7 +7,14 @@ import asyncio
 import numpy as np
 import pytest
 
-from tests.harness import EventLog, ServerProcess, assert_call_events_valid, events_url
+from tests.harness import (
+    EventLog,
+    ServerProcess,
+    assert_call_events_valid,
+    closing_seqs,
+    events_url,
+    is_interim,
+)
 from tests.media import SPEECH_RATE, Speech, word_error_rate
 from tests.peer import stream_speech
 
@@ -38,12 +45,15 @@ async def test_two_sentences_become_two_transcribed_utterances(
         assert start - 0.3 <= utterance["words"][0]["start"] <= utterance["words"][-1]["end"] <= end + 0.3
         assert utterance["lang"] == "en"
 
-    # each utterance is followed by its face evidence, then one emotion estimate
+    # each utterance is followed by its face evidence, then one emotion estimate (after any interim update)
     emotions = events.of_type("emotion")
     assert [e["utterance"] for e in emotions] == [u["utterance"] for u in utterances]
+    closed = closing_seqs(events.messages)
     for emotion in emotions:
-        order = [m["type"] for m in events.messages if m.get("utterance") == emotion["utterance"]]
+        about = [m for m in events.messages if m.get("utterance") == emotion["utterance"]]
+        order = [m["type"] for m in about if not is_interim(m, closed)]
         assert order == ["utterance", "face", "emotion"]
+        assert all(m["seq"] < closed[emotion["utterance"]] for m in about if is_interim(m, closed))
         assert emotion["labels"] and emotion["final"] is True and emotion["model"]
         assert emotion["clues"]["text"]["transcript"]
         assert emotion["clues"]["visual"] is None  # the test pattern has no face: absent, not imputed

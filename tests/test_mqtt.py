@@ -135,7 +135,7 @@ async def test_broker_restart_mid_call_loses_no_event(
     delivered = {p["seq"] for _, p, _, _ in listener.messages}
     assert delivered >= {m["seq"] for m in events.messages}
     assert [u["text"] for u in listener.of_type("utterance")] == [
-        u["text"] for u in events.of_type("utterance")
+        u["text"] for u in events.of_type("utterance", interim=True)
     ]
 
 

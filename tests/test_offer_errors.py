@@ -24,7 +24,7 @@ SETTINGS = {
 class SilentTranscriber:
     name = "silent"
 
-    def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
+    def transcribe(self, pcm: np.ndarray, t_offset: float, words: bool = True) -> Transcript:
         return Transcript(text="", words=(), lang="en")
 
 

@@ -25,7 +25,7 @@ from stream.audio.asr import Transcript, TranscriptionService
 from stream.audio.segmenter import ClosedUtterance
 from stream.audio.vad import CHUNK_SAMPLES, SileroModel
 from stream.clock import FileClock, LiveClock, MediaClock
-from stream.config import VadSettings, VideoSettings
+from stream.config import AudioSettings, EmotionSettings, VadSettings, VideoSettings
 from stream.hub import Hub
 from stream.pipeline import EndOfStream, ParticipantContext, Processor
 from stream.session import PipelineParts, build_session
@@ -80,7 +80,7 @@ class RecordingTranscriber:
         self.heard_until = 0.0
         self.calls: list[tuple[int, float]] = []  # (samples, media time fed so far)
 
-    def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
+    def transcribe(self, pcm: np.ndarray, t_offset: float, words: bool = True) -> Transcript:
         self.calls.append((len(pcm), self.heard_until))
         time.sleep(self.delay_s)
         return Transcript(text=f"{len(pcm)} samples", words=(), lang="en")
@@ -135,6 +135,56 @@ async def test_a_transcription_started_at_a_pause_is_discarded_when_speech_resum
     assert utterance["text"] == f"{whole} samples" and len(heard.utterance.pcm) == whole
 
 
+def interim_chain(
+    events: Events, transcriber: RecordingTranscriber, interim_emotion_s: float | None = None
+) -> tuple[Segment, Collect, TranscriptionService]:
+    asr = TranscriptionService(transcriber)
+    segment, collect = Segment(events.context(), VadSettings(), interim_s=1.0), Collect()
+    segment.then(Transcribe(events.context(), asr, interim_emotion_s)).then(collect)
+    return segment, collect, asr
+
+
+async def test_long_speech_gets_interim_transcripts_before_its_final_one() -> None:
+    events, transcriber = Events(), RecordingTranscriber()
+    segment, collect, _ = interim_chain(events, transcriber, interim_emotion_s=2.0)
+    await feed_speech(segment, transcriber, [(False, 0.5), (True, 4.5), (False, 1.0)])
+    await segment.process(EndOfStream())
+
+    utterances = events.of_type("utterance")
+    *interim, final = utterances
+    assert [u["final"] for u in utterances] == [False] * len(interim) + [True]
+    assert len(interim) == 4  # at 1, 2, 3 and 4 s of speech, the ASR idle each time
+    assert {u["utterance"] for u in utterances} == {final["utterance"]}
+    assert [u["t1"] for u in interim] == pytest.approx([1.5, 2.5, 3.5, 4.5], abs=0.05)
+    assert final["closed_by"] == "silence" and all("closed_by" not in u for u in interim)
+    # one interim in 2 s of speech goes on for an interim face and emotion (at 2 and 4 s), then the final one
+    assert [(h.final, round(h.utterance.t1 - h.utterance.t0, 1)) for h in collect.frames[:-1]] == [
+        (False, 2.0),
+        (False, 4.0),
+        (True, 4.5),
+    ]
+
+
+async def test_interim_work_is_skipped_while_the_asr_is_busy_and_dropped_once_the_utterance_closed() -> None:
+    events, transcriber = Events(), RecordingTranscriber(delay_s=1.5)  # slower than real time
+    segment, collect, asr = interim_chain(events, transcriber)
+
+    def skipped() -> float:
+        return (
+            metrics.REGISTRY.get_sample_value("microemo_interim_skipped_total", {"event": "utterance"}) or 0.0
+        )
+
+    before = skipped()
+    await feed_speech(segment, transcriber, [(False, 0.5), (True, 3.2), (False, 1.0)])
+    await segment.process(EndOfStream())
+
+    assert skipped() - before >= 1  # the 2 s one came while the 1 s one was still transcribing
+    utterances = events.of_type("utterance")
+    final_at = next(i for i, u in enumerate(utterances) if u["final"])
+    assert final_at == len(utterances) - 1  # nothing about the utterance after its close
+    assert [h.final for h in collect.frames[:-1]] == [True]
+
+
 # -- emotion: the fast estimate, the LLM's refinement, its fallback and its skip ---------------------------
 class FakeRefiner:
     name = "llm:fake"
@@ -159,9 +209,11 @@ class FakeEmotion:
     """Stands in for EmotionStage (its models are tested elsewhere): a fixed fast estimate."""
 
     whole_frames = None
+    idle = True
 
-    def __init__(self, refiner: FakeRefiner | None = None) -> None:
+    def __init__(self, refiner: FakeRefiner | None = None, interim_s: float | None = None) -> None:
         self.refiner = refiner
+        self.settings = EmotionSettings(interim_s=interim_s)
         self.requests: list[UtteranceInput] = []
 
     async def estimate(
@@ -345,7 +397,7 @@ async def test_the_end_of_stream_transcribes_every_utterance_and_awaits_the_llm_
         events.hub,
         SileroModel(),
         asr,
-        VadSettings(),
+        AudioSettings(),
         VideoSettings(enabled=False),
         FakeEmotion(refiner),  # type: ignore[arg-type]
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.audio.segmenter import ClosedUtterance, Segmenter, SpeechEnded, SpeechStarted
+from stream.audio.segmenter import ClosedUtterance, Segmenter, SpeechEnded, SpeechSoFar, SpeechStarted
 
 CHUNK = 512
 DT = CHUNK / 16_000  # 0.032 s
@@ -170,3 +170,42 @@ def test_a_pause_announces_the_utterance_it_would_close_with_the_same_audio() ->
     # announced once the pad had passed, before the close
     position = {id(e.utterance if isinstance(e, SpeechPaused) else e): i for i, e in enumerate(events)}
     assert position[id(later)] < position[id(closed)]
+
+
+def test_long_speech_is_sent_so_far_every_interim_s_with_the_index_it_will_close_with() -> None:
+    probs = [0.0] * seconds(1) + [0.9] * seconds(7) + [0.0] * seconds(1)
+    events = run(probs, Segmenter(min_silence_ms=500, speech_pad_ms=0, interim_s=2.0))
+    so_far = [e.utterance for e in events if isinstance(e, SpeechSoFar)]
+    (closed,) = utterances(events)
+    # speech 1.0-8.0 s: the speech so far at 3, 5 and 7 s, each from the speech start, all before the close
+    assert [u.t1 for u in so_far] == pytest.approx([3.0, 5.0, 7.0], abs=DT)
+    assert all(u.t0 == closed.t0 and u.index == closed.index for u in so_far)
+    assert all(events.index(e) < events.index(closed) for e in events if isinstance(e, SpeechSoFar))
+    # each carries the audio heard so far (sample value = chunk index)
+    assert so_far[-1].pcm[-1] == seconds(7) - 1
+
+
+def test_short_speech_and_silence_get_no_interim() -> None:
+    probs = [0.9] * seconds(1.5) + [0.0] * seconds(5)
+    events = run(probs, Segmenter(min_silence_ms=500, interim_s=2.0))
+    assert not [e for e in events if isinstance(e, SpeechSoFar)]
+    assert len(utterances(events)) == 1
+
+
+def test_a_stall_closes_the_open_speech_and_later_audio_starts_afresh() -> None:
+    segmenter = Segmenter(min_silence_ms=500, speech_pad_ms=0)
+    events = run([0.0] * seconds(1) + [0.9] * seconds(2), segmenter)
+    (stalled,) = utterances(events + segmenter.flush("stall"))
+    assert stalled.reason == "stall" and stalled.t1 == pytest.approx(3.0, abs=DT)
+    # media comes back 4 s later: a new utterance, its audio only what came after the gap
+    later: list[object] = []
+    for i in range(seconds(2)):
+        later += segmenter.push(7.0 + i * DT, np.full(CHUNK, 1000 + i, np.float32), 0.9)
+    later += segmenter.push(9.0, np.zeros(CHUNK, np.float32), 0.0)
+    later += segmenter.flush()
+    (resumed,) = utterances(later)
+    assert resumed.index == stalled.index + 1
+    assert resumed.t0 == pytest.approx(7.0, abs=DT) and resumed.pcm_t0 >= 7.0 - 1e-9
+    # nothing from before the gap (those samples were 31..92); the closing chunk of silence is zeros
+    assert np.all((resumed.pcm >= 1000) | (resumed.pcm == 0))
+    assert len(resumed.pcm) / 16_000 == pytest.approx(2.0, abs=2 * DT)

@@ -21,6 +21,7 @@ class Person {
     this.utterances = new Map(); // utterance id -> {id, t0, t1, text, order}
     this.emotions = new Map(); // utterance id -> emotion event (final wins)
     this.faces = new Map(); // utterance id -> face event
+    this.reactions = new Map(); // utterance id -> Map(listener id -> reaction event): how others took it
     this.latestEmotion = null; // utterance id shown in "Emotion now"
   }
 
@@ -45,7 +46,7 @@ export class CallBoard {
     this.self = self;
     this.people = new Map();
     this.errors = []; // {code, message, participant, ts}
-    this.counts = { events: 0, utterances: 0, emotions: 0, faces: 0 };
+    this.counts = { events: 0, utterances: 0, emotions: 0, faces: 0, reactions: 0 };
     for (const key of ["participants", "emotions"]) this.nodes[key].replaceChildren();
     this.nodes.transcript.replaceChildren(el("li", { class: "empty" }, "Words appear here as each utterance closes."));
     this.nodes.emotions.append(el("p", { class: "empty" }, "Each participant's latest emotion appears here."));
@@ -80,6 +81,7 @@ export class CallBoard {
       utterance: this.onUtterance,
       emotion: this.onEmotion,
       face: this.onFace,
+      reaction: this.onReaction,
       error: this.onError,
     }[evt.type];
     if (!handler || (evt.type !== "error" && typeof evt.participant !== "string")) return false;
@@ -123,18 +125,23 @@ export class CallBoard {
   }
 
   // -- transcript ------------------------------------------------------------------------------------
+  /** An utterance still open (final: false) shows its words so far, greyed; the closing one replaces it. */
   onUtterance(evt) {
     const person = this.person(evt.participant);
     person.utteranceOrder(evt.utterance);
-    Object.assign(person.utterances.get(evt.utterance), { t0: evt.t0, t1: evt.t1, text: evt.text });
-    this.counts.utterances += 1;
+    const known = person.utterances.get(evt.utterance);
+    const interim = evt.final === false;
+    if (interim && known.final) return; // the closed utterance is already shown
+    Object.assign(known, { t0: evt.t0, t1: evt.t1, text: evt.text, final: !interim });
+    if (!interim) this.counts.utterances += 1;
     this.dropPending(person);
     const words = (evt.words || []).map((w) => `${String(w.word).trim()} ${seconds(w.start)} p=${Number(w.prob).toFixed(2)}`);
     const line = el(
       "li",
       {
-        class: "line" + (evt.continues ? " continues" : ""),
-        dataset: { participant: evt.participant, utterance: evt.utterance },
+        class: "line" + (evt.continues ? " continues" : "") + (interim ? " interim" : ""),
+        dataset: { participant: evt.participant, utterance: evt.utterance, final: String(!interim) },
+        title: interim ? "still speaking: the words so far" : null,
         style: `--who: ${person.colour}`,
       },
       el("span", { class: "who" }, evt.participant),
@@ -200,10 +207,24 @@ export class CallBoard {
   onFace(evt) {
     const person = this.person(evt.participant);
     person.utteranceOrder(evt.utterance);
+    const earlier = person.faces.get(evt.utterance);
+    if (evt.final === false && earlier && earlier.final !== false) return; // the closed utterance's face stands
     person.faces.set(evt.utterance, evt);
-    this.counts.faces += 1;
+    if (evt.final !== false) this.counts.faces += 1;
     this.renderPerson(person);
     this.timeline.update(person);
+  }
+
+  /** A listener's face over someone else's utterance: marked on the speaker's lane. */
+  onReaction(evt) {
+    if (typeof evt.speaker !== "string") return;
+    const listener = this.person(evt.participant);
+    const speaker = this.person(evt.speaker);
+    speaker.utteranceOrder(evt.utterance);
+    if (!speaker.reactions.has(evt.utterance)) speaker.reactions.set(evt.utterance, new Map());
+    speaker.reactions.get(evt.utterance).set(listener.id, { ...evt, colour: listener.colour });
+    this.counts.reactions = (this.counts.reactions || 0) + 1;
+    this.timeline.update(speaker);
   }
 
   renderEmotion(person) {
@@ -228,7 +249,7 @@ export class CallBoard {
         "header",
         {},
         el("span", { class: "who" }, person.id),
-        el("span", { class: "badge " + (evt.final ? "final" : "fast") }, evt.final ? "final" : "fast guess (refining…)"),
+        el("span", { class: "badge " + (evt.final ? "final" : "fast") }, badge(evt, utterance)),
       ),
       el("p", { class: "top-label" }, top ? top.label : "–", el("small", {}, top ? ` ${Math.round(top.score * 100)}%` : "")),
       el(
@@ -361,4 +382,10 @@ function bipolar(name, value) {
 
 function topLabel(evt) {
   return [...(evt.labels || [])].sort((a, b) => b.score - a.score)[0];
+}
+
+/** What an emotion card's badge says: refined, a fast guess the LLM will refine, or a reading of speech so far. */
+function badge(evt, utterance) {
+  if (evt.final) return "final";
+  return utterance?.final === false ? "so far (still speaking…)" : "fast guess (refining…)";
 }

@@ -138,13 +138,29 @@ export class Timeline {
         ),
       );
     }
+    // listeners' reactions: one dot per listener (their colour) along the top of the utterance they reacted to
+    const reactions = points.flatMap((u) => [...(person.reactions?.get(u.id)?.values() || [])].map((r, i) => ({ r, u, i })));
+    for (const { r, u, i } of reactions) {
+      if (u.t1 < x0) continue;
+      const top = [...(r.labels || [])].sort((a, b) => b.score - a.score)[0];
+      const moves = [...new Set((r.micro || []).map((m) => m.region))].join(", ") || "no movement";
+      const how = `${r.participant} reacted: ${moves}${r.valence === null ? "" : ` · valence ${signed(r.valence)}`}${top ? ` · ${top.label}` : ""}`;
+      chart.append(
+        svg(
+          "g",
+          { class: "reaction", dataset: { utterance: u.id, listener: r.participant, label: top?.label ?? "" } },
+          svg("circle", { cx: x(Math.max(u.t0, x0)) + 6 + 9 * i, cy: MARGIN.top + 6, r: 4, fill: r.colour }),
+          svg("title", {}, how),
+        ),
+      );
+    }
     const finals = scored.filter((u) => u.emotion.final).length;
     node.replaceChildren(
       el(
         "div",
         { class: "lane-head" },
         el("span", { class: "who", style: `color: ${person.colour}` }, person.id),
-        el("small", {}, `${points.length} utterances · ${scored.length} scored (${finals} final) · ${episodes.length} face episodes`),
+        el("small", {}, `${points.length} utterances · ${scored.length} scored (${finals} final) · ${episodes.length} face episodes · ${reactions.length} reactions`),
       ),
       chart,
     );

@@ -43,8 +43,9 @@ class Transcript:
 class Transcriber(Protocol):
     name: str
 
-    def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
-        """pcm: (n,) float32 16 kHz mono; word times are returned as t_offset + their time in pcm."""
+    def transcribe(self, pcm: np.ndarray, t_offset: float, words: bool = True) -> Transcript:
+        """pcm: (n,) float32 16 kHz mono; word times are returned as t_offset + their time in pcm.
+        words=False: the text alone (no word times), which is quicker (an interim transcript)."""
         ...
 
 
@@ -94,27 +95,27 @@ class FasterWhisperTranscriber:
 
         self._model.encode = encode_and_keep  # type: ignore[method-assign]
 
-    def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
+    def transcribe(self, pcm: np.ndarray, t_offset: float, words: bool = True) -> Transcript:
         started = time.perf_counter()
         self._kept.states = None
         segments, info = self._model.transcribe(
             pcm,
             language=self._settings.language,
             beam_size=self._settings.beam_size,
-            word_timestamps=True,
+            word_timestamps=words,  # their alignment pass costs ~30 % more
             vad_filter=False,  # our own VAD already cut the utterance
             condition_on_previous_text=False,
         )
-        words: list[Word] = []
+        timed: list[Word] = []
         texts: list[str] = []
         for segment in segments:
             texts.append(segment.text.strip())
             for w in segment.words or []:
-                words.append(Word(w.word.strip(), t_offset + w.start, t_offset + w.end, float(w.probability)))
+                timed.append(Word(w.word.strip(), t_offset + w.start, t_offset + w.end, float(w.probability)))
         states = self._kept.states
         return Transcript(
             text=" ".join(t for t in texts if t),
-            words=tuple(words),
+            words=tuple(timed),
             lang=info.language,
             seconds=time.perf_counter() - started,
             voice=None if states is None else pool_encoder_states(states, len(pcm)),
@@ -153,31 +154,37 @@ class TranscriptionService:
     def __init__(self, transcriber: Transcriber, *, workers: int = 1, queue_size: int = 16) -> None:
         self.transcriber = transcriber
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asr")
-        self._queue: asyncio.Queue[tuple[np.ndarray, float, asyncio.Future[Transcript]]] = asyncio.Queue(
-            queue_size
-        )
+        self._queue: asyncio.Queue[tuple[np.ndarray, float, bool, asyncio.Future[Transcript]]]
+        self._queue = asyncio.Queue(queue_size)
+        self._running = 0  # jobs in the workers now
         self._workers = [asyncio.create_task(self._serve()) for _ in range(workers)]
 
     @property
     def backlog(self) -> int:
         return self._queue.qsize()
 
-    async def transcribe(self, pcm: np.ndarray, t_offset: float) -> Transcript:
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing running: an interim transcription now delays no closed utterance."""
+        return self._queue.empty() and self._running == 0
+
+    async def transcribe(self, pcm: np.ndarray, t_offset: float, words: bool = True) -> Transcript:
         done: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
-        await self._queue.put((pcm, t_offset, done))
+        await self._queue.put((pcm, t_offset, words, done))
         metrics.ASR_BACKLOG.set(self._queue.qsize())
         return await done
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            pcm, t_offset, done = await self._queue.get()
+            pcm, t_offset, words, done = await self._queue.get()
             metrics.ASR_BACKLOG.set(self._queue.qsize())
             if done.cancelled():
                 continue  # its caller no longer needs it (an early transcription whose pause did not close)
+            self._running += 1
             try:
                 result = await loop.run_in_executor(
-                    self._executor, self.transcriber.transcribe, pcm, t_offset
+                    self._executor, self.transcriber.transcribe, pcm, t_offset, words
                 )
             except Exception as exc:  # handed to the caller, who reports it as an error event
                 if not done.done():
@@ -187,6 +194,8 @@ class TranscriptionService:
                 metrics.ASR_AUDIO.inc(len(pcm) / SAMPLE_RATE)
                 if not done.done():
                     done.set_result(result)
+            finally:
+                self._running -= 1
 
     async def close(self) -> None:
         for worker in self._workers:

@@ -25,6 +25,9 @@ class SpeechEnded:
     t1: float  # media time (s) where speech ended (the start of the closing silence)
 
 
+CloseReason = Literal["silence", "max_length", "flush", "stall"]
+
+
 @dataclass(frozen=True, slots=True)
 class ClosedUtterance:
     index: int  # 0, 1, 2 ... per participant
@@ -32,7 +35,7 @@ class ClosedUtterance:
     t1: float  # speech end, media time (s)
     pcm: np.ndarray  # (n,) float32 16 kHz: [t0 - pad, t1 + pad], clipped to the audio heard
     pcm_t0: float  # media time of pcm[0]
-    reason: Literal["silence", "max_length", "flush"]
+    reason: CloseReason
     continues: int | None = None  # index of the utterance this one continues after a forced close
 
 
@@ -46,7 +49,16 @@ class SpeechPaused:
     utterance: ClosedUtterance
 
 
-SegmentEvent = SpeechStarted | SpeechEnded | SpeechPaused | ClosedUtterance
+@dataclass(frozen=True, slots=True)
+class SpeechSoFar:
+    """Speech still going on: the utterance as heard so far (t1 = now), for interim transcripts and estimates.
+
+    Sent every `interim_s` of speech while the utterance is open; its index is the one it will close with."""
+
+    utterance: ClosedUtterance
+
+
+SegmentEvent = SpeechStarted | SpeechEnded | SpeechPaused | SpeechSoFar | ClosedUtterance
 
 
 # Silero's probability trails the sound by a chunk or two: the end of speech is looked for in the audio itself,
@@ -66,7 +78,8 @@ class _State(Enum):
 class Segmenter:
     """Hysteresis over speech probabilities: opens at `threshold`, closes after `min_silence_ms` below
     `neg_threshold`. Blips shorter than `min_speech_ms` produce nothing; speech longer than
-    `max_utterance_s` is force-closed and the next utterance marked as its continuation."""
+    `max_utterance_s` is force-closed and the next utterance marked as its continuation. While speech goes on,
+    the utterance so far is sent every `interim_s` of it (None: never)."""
 
     def __init__(
         self,
@@ -77,6 +90,7 @@ class Segmenter:
         min_silence_ms: int = 500,
         speech_pad_ms: int = 200,
         max_utterance_s: float = 20.0,
+        interim_s: float | None = None,
     ) -> None:
         self._threshold = threshold
         self._neg_threshold = neg_threshold
@@ -84,6 +98,8 @@ class Segmenter:
         self._min_silence_s = min_silence_ms / 1000
         self._pad_s = speech_pad_ms / 1000
         self._max_utterance_s = max_utterance_s
+        self._interim_s = interim_s
+        self._interim_t = 0.0  # media time the last SpeechSoFar (or the speech) reached
         self._state = _State.IDLE
         self._speech_t0 = 0.0
         self._silence_t0: float | None = None
@@ -94,7 +110,7 @@ class Segmenter:
         self._audio = _AudioBuffer()
 
     @classmethod
-    def from_settings(cls, vad: VadSettings) -> Segmenter:
+    def from_settings(cls, vad: VadSettings, interim_s: float | None = None) -> Segmenter:
         return cls(
             threshold=vad.threshold,
             neg_threshold=vad.neg_threshold,
@@ -102,6 +118,7 @@ class Segmenter:
             min_silence_ms=vad.min_silence_ms,
             speech_pad_ms=vad.speech_pad_ms,
             max_utterance_s=vad.max_utterance_s,
+            interim_s=interim_s,
         )
 
     def push(self, t: float, samples: np.ndarray, speech_prob: float) -> list[SegmentEvent]:
@@ -132,6 +149,7 @@ class Segmenter:
             and end - self._speech_t0 >= self._min_speech_s
         ):
             self._state = _State.SPEECH
+            self._interim_t = self._speech_t0
             events.append(SpeechStarted(self._speech_t0))
         if self._silence_t0 is not None and end - self._silence_t0 >= self._min_silence_s:
             if self._state is _State.SPEECH:
@@ -151,8 +169,18 @@ class Segmenter:
             closed = self._close(end, "max_length")
             self._continues = closed[-1].index  # type: ignore[union-attr]
             self._speech_t0, self._silence_t0, self._below_t0, self._paused_sent = end, None, None, False
+            self._interim_t = end
             self._audio.keep_after(end - self._pad_s)
             events += [*closed, SpeechStarted(end)]
+        elif (
+            self._state is _State.SPEECH
+            and self._interim_s is not None
+            and self._silence_t0 is None
+            and end - self._interim_t >= self._interim_s
+        ):
+            while end - self._interim_t >= self._interim_s:  # on a grid from the speech start: no drift
+                self._interim_t += self._interim_s
+            events.append(SpeechSoFar(self._utterance(end, "silence")))
         return events
 
     def _sound_end(self, vad_end: float) -> float:
@@ -172,17 +200,18 @@ class Segmenter:
         last_loud = loud[-1] + 1 if len(loud) else 0  # frames of the tail up to the last loud one
         return vad_end - (len(tail) - last_loud) * _LEVEL_FRAME / SAMPLE_RATE
 
-    def flush(self) -> list[SegmentEvent]:
-        """The stream ended (peer gone): close the speech heard so far; an unconfirmed blip is dropped."""
+    def flush(self, reason: Literal["flush", "stall"] = "flush") -> list[SegmentEvent]:
+        """The stream ended (peer gone) or stalled: close the speech heard so far; an unconfirmed blip is
+        dropped. The audio kept so far is let go: what comes next need not follow it without a gap."""
         events: list[SegmentEvent] = []
         if self._state is _State.SPEECH:
             t1 = self._silence_t0 if self._silence_t0 is not None else self._audio.end
-            events = self._close(t1, "flush")
+            events = self._close(t1, reason)
         self._state = _State.IDLE
-        self._audio.keep_after(self._audio.end)
+        self._audio.clear()
         return events
 
-    def _utterance(self, t1: float, reason: Literal["silence", "max_length", "flush"]) -> ClosedUtterance:
+    def _utterance(self, t1: float, reason: CloseReason) -> ClosedUtterance:
         pcm_t0, pcm = self._audio.slice(self._speech_t0 - self._pad_s, t1 + self._pad_s)
         return ClosedUtterance(
             index=self._next_index,
@@ -194,7 +223,7 @@ class Segmenter:
             continues=self._continues,
         )
 
-    def _close(self, t1: float, reason: Literal["silence", "max_length", "flush"]) -> list[SegmentEvent]:
+    def _close(self, t1: float, reason: CloseReason) -> list[SegmentEvent]:
         utterance = self._utterance(t1, reason)
         self._next_index += 1
         self._continues = None
@@ -218,6 +247,10 @@ class _AudioBuffer:
             self._start = t
         self._chunks.append(samples)
         self._length += len(samples)
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._length = 0
 
     def keep_after(self, t: float) -> None:
         """Drop whole chunks that end before t."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from dataclasses import dataclass, replace
 
 from model.cues import Clues, UtteranceInput
@@ -27,11 +28,16 @@ class EstimatedUtterance:
     clues: Clues
     estimate: EmotionEstimate
     window: FaceWindow | None
+    refine: bool = False  # the LLM stage will give the final word
 
 
 class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
     """Clues and the fast estimate (off the loop), published as an emotion event: final unless the LLM will
-    refine it. An overloaded LLM is skipped (counted): the fast estimate stands, rather than a growing backlog."""
+    refine it. An overloaded LLM is skipped (counted): the fast estimate stands, rather than a growing backlog.
+
+    An utterance still open gets an interim estimate (final: false) when no other estimate is under way (else it
+    is skipped, counted); it reads the speaker's pitch and loudness baseline without moving it, and goes no
+    further down the chain."""
 
     def __init__(self, context: ParticipantContext, emotion: EmotionStage) -> None:
         super().__init__()
@@ -44,6 +50,9 @@ class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
             await self.push(frame)
             return
         context, utterance, transcript = self._context, frame.utterance, frame.transcript
+        if not frame.final and not self._emotion.idle:
+            metrics.INTERIM_SKIPPED.labels("emotion").inc()
+            return
         request = UtteranceInput(
             utterance=frame.uid,
             t0=utterance.t0,
@@ -56,21 +65,27 @@ class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
             face=face_evidence(frame.window) if frame.window is not None else None,
             voice=transcript.voice,
         )
+        speaker = self._speaker if frame.final else copy.deepcopy(self._speaker)
         try:
-            clues, estimate = await self._emotion.estimate(request, self._speaker)
+            clues, estimate = await self._emotion.estimate(request, speaker)
         except Exception as exc:
             context.log.exception("emotion estimate failed for %s", frame.uid)
             context.error("emotion_failed", f"emotion estimate failed: {exc!r}", frame.uid)
+            return
+        if not frame.final:
+            interim = EstimatedUtterance(frame.uid, utterance, transcript.text, clues, estimate, frame.window)
+            context.publish(emotion_event(context, interim, final=False))
             return
         refiner = self._emotion.refiner
         refine = refiner is not None and not refiner.overloaded
         if refiner is not None and not refine:
             metrics.LLM_SKIPPED.inc()
-        estimated = EstimatedUtterance(frame.uid, utterance, transcript.text, clues, estimate, frame.window)
+        estimated = EstimatedUtterance(
+            frame.uid, utterance, transcript.text, clues, estimate, frame.window, refine
+        )
         context.publish(emotion_event(context, estimated, final=not refine))
         context.observe_latency("emotion", utterance.t1)
-        if refine:
-            await self.push(estimated)
+        await self.push(estimated)
 
 
 class Refine(Processor[EstimatedUtterance, EstimatedUtterance]):
@@ -90,6 +105,9 @@ class Refine(Processor[EstimatedUtterance, EstimatedUtterance]):
                 await asyncio.gather(*self._refining, return_exceptions=True)
             await self.push(frame)
             return
+        if not frame.refine:
+            await self.push(frame)
+            return
         task = asyncio.create_task(self._refine(frame))
         self._refining.add(task)
         task.add_done_callback(self._refining.discard)
@@ -107,7 +125,7 @@ class Refine(Processor[EstimatedUtterance, EstimatedUtterance]):
             refined = frame
         context.publish(emotion_event(context, refined, final=True))
         context.observe_latency("emotion_final", frame.utterance.t1)
-        await self.push(refined)
+        await self.push(replace(refined, refine=False))
 
 
 def emotion_event(context: ParticipantContext, frame: EstimatedUtterance, *, final: bool) -> EmotionEvent:

@@ -13,7 +13,7 @@ from stream.audio.asr import Transcript
 from stream.audio.segmenter import ClosedUtterance
 from stream.config import VideoSettings
 from stream.events import FaceEvent
-from stream.pipeline import EndOfStream, ParticipantContext, Processor
+from stream.pipeline import EndOfStream, MediaStalled, ParticipantContext, Processor
 from stream.stages.speech import pts_seconds
 from stream.stages.transcribe import HeardUtterance
 from stream.video.micro import FaceWindow
@@ -31,10 +31,12 @@ class SeenUtterance:
     utterance: ClosedUtterance
     transcript: Transcript
     window: FaceWindow | None
+    final: bool = True  # False: an utterance still open, seen so far
 
 
-class VideoFrames(Processor[av.VideoFrame, None]):
+class VideoFrames(Processor[av.VideoFrame | MediaStalled, None]):
     """A video track's frames, on the participant's media clock, into its face analysis (a worker thread).
+    After a stall, the frames that come back are placed on the clock anew (never before those already seen).
 
     A face-analysis failure is sent once as an `error` event (face_failed). At the end of the stream (after the
     audio chain has drained, as its face windows read this analysis) the analysis is closed.
@@ -50,6 +52,7 @@ class VideoFrames(Processor[av.VideoFrame, None]):
         self.analysis: VideoAnalysis | None = None
         self._first_pts_s: float | None = None
         self._t_offset = 0.0
+        self._last_t = 0.0
 
     async def open(self) -> None:
         """Load the face models, before the track's first frame is taken."""
@@ -65,17 +68,21 @@ class VideoFrames(Processor[av.VideoFrame, None]):
             VideoAnalysis, self._settings, name, self._whole_frames, failed
         )
 
-    async def process(self, frame: av.VideoFrame | EndOfStream) -> None:
+    async def process(self, frame: av.VideoFrame | MediaStalled | EndOfStream) -> None:
         if isinstance(frame, EndOfStream):
             if self.analysis is not None:
                 await asyncio.to_thread(self.analysis.close)
             return
+        if isinstance(frame, MediaStalled):
+            self._first_pts_s = None
+            return
         pts_s = pts_seconds(frame)
         if self._first_pts_s is None:
-            self._first_pts_s, self._t_offset = pts_s, self._context.clock.track_offset(pts_s)
+            offset = self._context.clock.track_offset(pts_s)
+            self._first_pts_s, self._t_offset = pts_s, max(offset, self._last_t)
         if self.analysis is None:
             return
-        t = self._t_offset + pts_s - self._first_pts_s
+        t = self._last_t = self._t_offset + pts_s - self._first_pts_s
         if not self._context.clock.realtime:  # a file waits for the analysis instead of dropping frames
             while self.analysis.backlog >= self._settings.queue_frames:
                 await asyncio.sleep(0.005)
@@ -84,7 +91,8 @@ class VideoFrames(Processor[av.VideoFrame, None]):
 
 class FaceWindows(Processor[HeardUtterance, SeenUtterance]):
     """The face evidence over each heard utterance, once the frames up to its end have been analysed (waiting up
-    to `catch_up_s`), published as a face event. Without video analysis (`video` None) there is no face event."""
+    to `catch_up_s`), published as a face event. Without video analysis (`video` None) there is no face event.
+    An utterance still open (final False) takes the frames analysed so far, without waiting."""
 
     def __init__(
         self, context: ParticipantContext, video: VideoFrames | None, catch_up_s: float = CATCH_UP_S
@@ -104,13 +112,7 @@ class FaceWindows(Processor[HeardUtterance, SeenUtterance]):
             fields = _NO_FACE  # video analysis is on, but this participant sends no video
             analysis = self._video.analysis
             if analysis is not None:
-                deadline = time.monotonic() + self._catch_up_s
-                while (
-                    analysis.analysed_until < utterance.t1
-                    and not analysis.idle
-                    and time.monotonic() < deadline
-                ):
-                    await asyncio.sleep(0.02)
+                await caught_up(analysis, utterance.t1, self._catch_up_s if frame.final else 0.0)
                 window = await asyncio.to_thread(
                     analysis.window, utterance.t0, utterance.t1, frame.speech_t, frame.speech_prob
                 )
@@ -124,6 +126,14 @@ class FaceWindows(Processor[HeardUtterance, SeenUtterance]):
                     t0=utterance.t0,
                     t1=utterance.t1,
                     **fields,
+                    final=frame.final,
                 )
             )
-        await self.push(SeenUtterance(frame.uid, utterance, frame.transcript, window))
+        await self.push(SeenUtterance(frame.uid, utterance, frame.transcript, window, frame.final))
+
+
+async def caught_up(analysis: VideoAnalysis, t: float, timeout_s: float) -> None:
+    """Wait (up to timeout_s) until the frames up to media time t have been analysed, or none are queued."""
+    deadline = time.monotonic() + timeout_s
+    while analysis.analysed_until < t and not analysis.idle and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)

@@ -8,20 +8,21 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from stream.audio.resample import PcmChunk, Resampler
+from stream.audio.resample import SAMPLE_RATE, PcmChunk, Resampler
 from stream.audio.segmenter import (
     ClosedUtterance,
     Segmenter,
     SegmentEvent,
     SpeechEnded,
     SpeechPaused,
+    SpeechSoFar,
     SpeechStarted,
 )
 from stream.audio.vad import SileroModel
 from stream.clock import MediaClock
 from stream.config import VadSettings
 from stream.events import SpeechEnd, SpeechStart
-from stream.pipeline import EndOfStream, ParticipantContext, Processor
+from stream.pipeline import EndOfStream, MediaStalled, ParticipantContext, Processor
 
 _SPEECH_HISTORY = 4096  # VAD chunks (~130 s) whose speech probabilities are kept for the utterances to come
 
@@ -49,54 +50,65 @@ def pts_seconds(frame: object) -> float:
     return float(pts * time_base) if pts is not None and time_base else 0.0
 
 
-class Resample(Processor[av.AudioFrame, PcmChunk]):
-    """One audio track's frames → 16 kHz mono chunks on the participant's media clock."""
+class Resample(Processor[av.AudioFrame | MediaStalled, PcmChunk | MediaStalled]):
+    """One audio track's frames → 16 kHz mono chunks on the participant's media clock. After a stall, the
+    frames that come back are placed on the clock anew (never before the audio already heard)."""
 
     def __init__(self, clock: MediaClock) -> None:
         super().__init__()
         self._clock = clock
         self._resampler: Resampler | None = None
+        self._end_t = 0.0  # media time where the audio heard so far ends
 
-    async def process(self, frame: av.AudioFrame | EndOfStream) -> None:
-        if isinstance(frame, EndOfStream):
+    async def process(self, frame: av.AudioFrame | MediaStalled | EndOfStream) -> None:
+        if isinstance(frame, EndOfStream | MediaStalled):
+            self._resampler = None
             await self.push(frame)
             return
         if self._resampler is None:
-            self._resampler = Resampler(t_offset=self._clock.track_offset(pts_seconds(frame)))
+            t_offset = max(self._end_t, self._clock.track_offset(pts_seconds(frame)))
+            self._resampler = Resampler(t_offset=t_offset)
         for chunk in self._resampler.push(frame):
+            self._end_t = chunk.t + len(chunk.samples) / SAMPLE_RATE
             await self.push(chunk)
 
 
-class ScoreSpeech(Processor[PcmChunk, ScoredChunk]):
-    """Chunks of any length → 32 ms chunks with their speech probability (silero, cheap enough for the loop)."""
+class ScoreSpeech(Processor[PcmChunk | MediaStalled, ScoredChunk | MediaStalled]):
+    """Chunks of any length → 32 ms chunks with their speech probability (silero, cheap enough for the loop).
+    A stall starts the VAD afresh: its state and part-chunk belong to audio that no longer continues."""
 
     def __init__(self, model: SileroModel) -> None:
         super().__init__()
+        self._model = model
         self._vad = model.stream()
 
-    async def process(self, frame: PcmChunk | EndOfStream) -> None:
-        if isinstance(frame, EndOfStream):
+    async def process(self, frame: PcmChunk | MediaStalled | EndOfStream) -> None:
+        if isinstance(frame, MediaStalled):
+            self._vad = self._model.stream()
+        if isinstance(frame, EndOfStream | MediaStalled):
             await self.push(frame)
             return
         for chunk, speech_prob in self._vad.push(frame):
             await self.push(ScoredChunk(chunk.t, chunk.samples, speech_prob))
 
 
-class Segment(Processor[ScoredChunk, SpeechPaused | ScoredUtterance]):
-    """Publishes speech.start and speech.end; passes on pauses (for early transcription) and closed utterances.
-    At the end of the stream, the speech still open is closed."""
+class Segment(Processor[ScoredChunk | MediaStalled, SpeechPaused | SpeechSoFar | ScoredUtterance]):
+    """Publishes speech.start and speech.end; passes on pauses (for early transcription), the speech so far every
+    `interim_s` (for interim transcripts) and closed utterances. At the end of the stream, or when it stalls,
+    the speech still open is closed."""
 
-    def __init__(self, context: ParticipantContext, vad: VadSettings) -> None:
+    def __init__(self, context: ParticipantContext, vad: VadSettings, interim_s: float | None = None) -> None:
         super().__init__()
         self._context = context
-        self._segmenter = Segmenter.from_settings(vad)
+        self._segmenter = Segmenter.from_settings(vad, interim_s)
         self._speech: deque[tuple[float, float]] = deque(maxlen=_SPEECH_HISTORY)  # (media time, probability)
 
-    async def process(self, frame: ScoredChunk | EndOfStream) -> None:
-        if isinstance(frame, EndOfStream):
-            for event in self._segmenter.flush():
+    async def process(self, frame: ScoredChunk | MediaStalled | EndOfStream) -> None:
+        if isinstance(frame, EndOfStream | MediaStalled):
+            for event in self._segmenter.flush("flush" if isinstance(frame, EndOfStream) else "stall"):
                 await self._segment(event)
-            await self.push(frame)
+            if isinstance(frame, EndOfStream):
+                await self.push(frame)
             return
         self._speech.append((frame.t, frame.speech_prob))
         for event in self._segmenter.push(frame.t, frame.samples, frame.speech_prob):
@@ -111,7 +123,7 @@ class Segment(Processor[ScoredChunk, SpeechPaused | ScoredUtterance]):
                 SpeechEnd(call=context.call, participant=context.participant, t0=event.t0, t1=event.t1)
             )
             context.observe_latency("speech.end", event.t1)
-        elif isinstance(event, SpeechPaused):
+        elif isinstance(event, SpeechPaused | SpeechSoFar):
             await self.push(event)
         else:
             await self.push(self._scored(event))

@@ -1,4 +1,5 @@
-"""Closed utterances → transcripts (one at a time, off the loop) → utterance events; a pause starts one early."""
+"""Closed utterances → transcripts (one at a time, off the loop) → utterance events; a pause starts one early;
+speech still going on gets interim transcripts when the ASR has nothing else to do."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stream import metrics
 from stream.audio.asr import Transcript, TranscriptionService
-from stream.audio.segmenter import ClosedUtterance, SpeechPaused
+from stream.audio.segmenter import ClosedUtterance, SpeechPaused, SpeechSoFar
 from stream.events import UtteranceEvent, WordTiming
 from stream.pipeline import EndOfStream, ParticipantContext, Processor
 from stream.stages.speech import ScoredUtterance
+
+# interim ticks land on the VAD's 32 ms chunks, a little past the interim_s grid: pacing allows for that
+_TICK_SLACK_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,36 +28,57 @@ class HeardUtterance:
     speech_t: np.ndarray  # (k,) as in ScoredUtterance
     speech_prob: np.ndarray  # (k,)
     transcript: Transcript
+    final: bool = True  # False: an utterance still open, heard so far (for interim face and emotion)
 
 
-class Transcribe(Processor[SpeechPaused | ScoredUtterance, HeardUtterance]):
+class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUtterance]):
     """Queues closed utterances, so that the audio stages never wait on ASR, and transcribes them in order; each
     is published as an utterance event and passed on before the next is taken (its face and emotion too).
 
     A pause starts transcribing early, while the segmenter waits to see if the silence closes the utterance:
     that saves up to min_silence_ms - speech_pad_ms of transcript latency. Only when the ASR workers are idle and
     the clock is live (a file needs no head start): a pause that does not close wastes idle compute only.
+
+    Speech still going on (SpeechSoFar) is transcribed only when the ASR is idle, and published as an interim
+    utterance (final: false); one in `interim_emotion_s` of speech is also passed on for an interim face and
+    emotion. Interim work never waits ahead of closed utterances: when the ASR is busy it is skipped (counted),
+    and one whose utterance has closed meanwhile is dropped.
     """
 
-    def __init__(self, context: ParticipantContext, asr: TranscriptionService) -> None:
+    def __init__(
+        self,
+        context: ParticipantContext,
+        asr: TranscriptionService,
+        interim_emotion_s: float | None = None,
+    ) -> None:
         super().__init__()
         self._context = context
         self._asr = asr
+        self._interim_emotion_s = interim_emotion_s
+        self._interim: asyncio.Task[None] | None = None
+        self._closed_index = -1  # the last utterance index closed: interim results up to it are stale
+        self._interim_emotion_t: tuple[int, float] | None = None  # (index, t1) of the last interim passed on
+        self._emit = asyncio.Lock()  # an interim result and a closing one are published and passed on in turn
         self._queue: asyncio.Queue[tuple[ScoredUtterance, asyncio.Task[Transcript] | None] | None]
         self._queue = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         # a transcription started at a pause, keyed by (utterance index, t1): used if that pause closes it
         self._early: tuple[tuple[int, float], asyncio.Task[Transcript]] | None = None
 
-    async def process(self, frame: SpeechPaused | ScoredUtterance | EndOfStream) -> None:
+    async def process(self, frame: SpeechPaused | SpeechSoFar | ScoredUtterance | EndOfStream) -> None:
         if isinstance(frame, SpeechPaused):
             self._start_early(frame.utterance)
+        elif isinstance(frame, SpeechSoFar):
+            self._start_interim(frame.utterance)
         elif isinstance(frame, ScoredUtterance):
+            self._closed_index = frame.utterance.index
             if self._worker is None:
                 self._worker = asyncio.create_task(self._work())
             self._queue.put_nowait((frame, self._take_early(frame.utterance)))
         else:
             self._take_early(None)
+            if self._interim is not None:
+                self._interim.cancel()
             if self._worker is not None:
                 self._queue.put_nowait(None)
                 await self._worker  # every closed utterance is transcribed and passed on first
@@ -63,6 +89,41 @@ class Transcribe(Processor[SpeechPaused | ScoredUtterance, HeardUtterance]):
         if self._context.clock.realtime and self._asr.backlog == 0:
             task = asyncio.create_task(self._asr.transcribe(utterance.pcm, utterance.pcm_t0))
             self._early = ((utterance.index, utterance.t1), task)
+
+    def _start_interim(self, utterance: ClosedUtterance) -> None:
+        self._take_early(None)  # speech went on after the last pause: that transcript is not needed
+        busy = not self._asr.idle or not self._queue.empty()
+        if busy or (self._interim is not None and not self._interim.done()):
+            metrics.INTERIM_SKIPPED.labels("utterance").inc()
+            return
+        self._interim = asyncio.create_task(self._transcribe_interim(utterance))
+
+    async def _transcribe_interim(self, utterance: ClosedUtterance) -> None:
+        context = self._context
+        uid = context.utterance_id(utterance.index)
+        try:
+            transcript = await self._asr.transcribe(utterance.pcm, utterance.pcm_t0, words=False)
+        except Exception as exc:  # the closing transcript will be tried again; say it once, as a warning
+            context.log.warning("interim transcription failed for %s: %r", uid, exc)
+            return
+        async with self._emit:
+            if utterance.index <= self._closed_index:
+                return  # closed meanwhile: its final transcript is coming
+            context.publish(utterance_event(context, utterance, transcript, final=False))
+            context.observe_latency("utterance_interim", utterance.t1)
+            if not self._interim_emotion_due(utterance):
+                return
+            self._interim_emotion_t = (utterance.index, utterance.t1)
+            empty = np.zeros(0)
+            await self.push(HeardUtterance(uid, utterance, empty, empty, transcript, final=False))
+
+    def _interim_emotion_due(self, utterance: ClosedUtterance) -> bool:
+        """At most one interim face and emotion per `interim_emotion_s` of an utterance's speech."""
+        if self._interim_emotion_s is None:
+            return False
+        last = self._interim_emotion_t
+        since = utterance.t0 if last is None or last[0] != utterance.index else last[1]
+        return utterance.t1 - since >= self._interim_emotion_s - _TICK_SLACK_S
 
     def _take_early(self, utterance: ClosedUtterance | None) -> asyncio.Task[Transcript] | None:
         """The early transcription of `utterance`, if the pause it started at closed it; any other is cancelled."""
@@ -89,20 +150,28 @@ class Transcribe(Processor[SpeechPaused | ScoredUtterance, HeardUtterance]):
                 context.log.exception("transcription failed for %s", uid)
                 context.error("asr_failed", f"transcription failed: {exc!r}", uid)
                 continue
-            continues = utterance.continues
-            context.publish(
-                UtteranceEvent(
-                    call=context.call,
-                    participant=context.participant,
-                    utterance=uid,
-                    t0=utterance.t0,
-                    t1=utterance.t1,
-                    text=transcript.text,
-                    words=tuple(WordTiming(w.word, w.start, w.end, w.prob) for w in transcript.words),
-                    lang=transcript.lang,
-                    continues=None if continues is None else context.utterance_id(continues),
-                    closed_by=utterance.reason,
+            async with self._emit:
+                context.publish(utterance_event(context, utterance, transcript, final=True))
+                context.observe_latency("utterance", utterance.t1)
+                await self.push(
+                    HeardUtterance(uid, utterance, scored.speech_t, scored.speech_prob, transcript)
                 )
-            )
-            context.observe_latency("utterance", utterance.t1)
-            await self.push(HeardUtterance(uid, utterance, scored.speech_t, scored.speech_prob, transcript))
+
+
+def utterance_event(
+    context: ParticipantContext, utterance: ClosedUtterance, transcript: Transcript, *, final: bool
+) -> UtteranceEvent:
+    continues = utterance.continues
+    return UtteranceEvent(
+        call=context.call,
+        participant=context.participant,
+        utterance=context.utterance_id(utterance.index),
+        t0=utterance.t0,
+        t1=utterance.t1,
+        text=transcript.text,
+        words=tuple(WordTiming(w.word, w.start, w.end, w.prob) for w in transcript.words),
+        lang=transcript.lang,
+        continues=None if continues is None else context.utterance_id(continues),
+        closed_by=utterance.reason if final else None,
+        final=final,
+    )

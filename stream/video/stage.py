@@ -206,6 +206,10 @@ class VideoAnalysis:
     def backlog(self) -> int:
         return len(self._queue)
 
+    def listener_window(self, t0: float, t1: float) -> FaceWindow:
+        """Face evidence of the face seen most over [t0, t1]: a listener's, who need not speak."""
+        return self.buffer.window(t0, t1)
+
     def window(self, t0: float, t1: float, speech_t: np.ndarray, speech_prob: np.ndarray) -> FaceWindow:
         """Face evidence of the speaking face over [t0, t1] (chosen as for training clips: choose_speaker)."""
         mouths = {k: self.buffer.mouth_series(k, t0, t1) for k in self.buffer.tracks(t0, t1)}
