@@ -24,6 +24,12 @@ class ServerSettings(Section):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     shutdown_timeout_s: float = Field(5.0, gt=0)
+    # Past this many participants /offer and WHIP answer 503 (Retry-After) and /healthz says `full`; None: no cap
+    max_participants: int | None = Field(None, ge=1)
+    drain_timeout_s: float = Field(600.0, gt=0)  # after SIGTERM, live calls may go on this long
+    retry_after_s: int = Field(5, ge=1)  # Retry-After of a 503 while full or draining
+    # This node's name in every event (`node`) and in /healthz; None: the host name
+    node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:

@@ -124,8 +124,8 @@ class ErrorEvent(CallEvent):
     utterance: str | None = None
 
 
-def encode(event: CallEvent, seq: int, ts: float) -> dict[str, Any]:
-    return {
+def encode(event: CallEvent, seq: int, ts: float, node: str | None = None) -> dict[str, Any]:
+    message = {
         "type": event.TYPE,
         "v": SCHEMA_VERSION,
         "call": event.call,
@@ -134,6 +134,9 @@ def encode(event: CallEvent, seq: int, ts: float) -> dict[str, Any]:
         "ts": ts,
         **event.body(),
     }
+    if node is not None:  # the server that holds the call (README "Past one machine"); offline: none
+        message["node"] = node
+    return message
 
 
 def reply(type_: str, ts: float, **extra: Any) -> dict[str, Any]:
