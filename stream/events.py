@@ -147,8 +147,8 @@ class ErrorEvent(CallEvent):
     utterance: str | None = None
 
 
-def encode(event: CallEvent, seq: int, ts: float) -> dict[str, Any]:
-    return {
+def encode(event: CallEvent, seq: int, ts: float, node: str | None = None) -> dict[str, Any]:
+    message = {
         "type": event.TYPE,
         "v": SCHEMA_VERSION,
         "call": event.call,
@@ -157,6 +157,9 @@ def encode(event: CallEvent, seq: int, ts: float) -> dict[str, Any]:
         "ts": ts,
         **event.body(),
     }
+    if node is not None:  # the server that holds the call (README "Past one machine"); offline: none
+        message["node"] = node
+    return message
 
 
 def for_version(message: dict[str, Any], version: int) -> dict[str, Any] | None:

@@ -67,8 +67,9 @@ class Subscriber:
 class Hub:
     """Events in from every session, out to subscribers and sinks; the only place seq numbers are made."""
 
-    def __init__(self, subscriber_queue: int = 256) -> None:
+    def __init__(self, subscriber_queue: int = 256, node: str | None = None) -> None:
         self._subscriber_queue = subscriber_queue
+        self._node = node  # stamped on every event: with several nodes, which one holds the call
         self._seq: dict[str, int] = {}
         self._subscribers: set[Subscriber] = set()
         self._sinks: list[Sink] = []
@@ -76,7 +77,7 @@ class Hub:
     def publish(self, event: CallEvent) -> Message:
         seq = self._seq.get(event.call, 0) + 1
         self._seq[event.call] = seq
-        message = encode(event, seq, time.time())
+        message = encode(event, seq, time.time(), self._node)
         metrics.EVENTS.labels(event.TYPE).inc()
         for subscriber in list(self._subscribers):
             if subscriber.wants(message):

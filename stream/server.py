@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream import metrics, patches
+from stream.admission import Admission
 from stream.audio.asr import Transcriber, TranscriptionService, make_transcriber
 from stream.audio.vad import SileroModel
 from stream.auth import Authorizer
@@ -46,6 +48,7 @@ class Services:
     asr: TranscriptionService
     mqtt: MqttBridge | None = None
     emotion: EmotionStage | None = None
+    admission: Admission = field(default_factory=lambda: Admission(None, 5))
     sessions: dict[str, ParticipantSession] = field(default_factory=dict)  # by session id
     listeners: Listeners = field(default_factory=Listeners)  # who else in each call may react
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
@@ -125,6 +128,9 @@ async def offer(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     services.auth.require_publish(request)
     body = await read_offer(request)
+    # The balancer pins a call by `?call=` (it cannot read the body): a different call would land elsewhere.
+    if request.query.get("call", body["call"]) != body["call"]:
+        raise ApiError(400, "call_mismatch", "'?call=' in the URL and 'call' in the body differ")
     session, answer = await start_session(services, body["call"], body["participant"], body["sdp"])
     return web.json_response(
         {
@@ -187,7 +193,8 @@ async def start_session(
     services: Services, call: str, participant: str, sdp: str
 ) -> tuple[ParticipantSession, RTCSessionDescription]:
     """Answer an SDP offer with a new ParticipantSession; a bad offer is a 400, an internal failure a 500, and
-    neither leaves anything behind."""
+    neither leaves anything behind. A full or draining node answers 503 before anything is set up."""
+    services.admission.admit(len(services.sessions))
     if services.find(call, participant) is not None:
         raise ApiError(409, "participant_exists", f"participant '{participant}' is already in call '{call}'")
     session_id = uuid.uuid4().hex[:16]
@@ -369,17 +376,26 @@ async def healthz(request: web.Request) -> web.Response:
     degraded = [
         name for name, stage in stages.items() if stage["state"] not in ("ready", "connected", "disabled")
     ]
+    # full / draining: a 503, so that the balancer sends new calls elsewhere (deploy/haproxy.cfg)
+    admission = services.admission.state(len(services.sessions))
     return web.json_response(
         {
-            "status": "degraded" if degraded else "ok",
+            "status": admission or ("degraded" if degraded else "ok"),
+            "node": node_id(services.settings),
+            "max_participants": services.settings.server.max_participants,
             "degraded": degraded,
             "auth": services.auth.enabled,
             "stages": stages,
             "calls": len({s.call for s in services.sessions.values()}),
             "participants": len(services.sessions),
             "subscribers": services.hub.subscriber_count,
-        }
+        },
+        status=503 if admission else 200,
     )
+
+
+def node_id(settings: Settings) -> str:
+    return settings.server.node_id or socket.gethostname()
 
 
 async def metrics_text(request: web.Request) -> web.Response:
@@ -411,9 +427,9 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         asr = TranscriptionService(chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size)
         if settings.video.enabled:  # a missing face model stops start-up here, not in the first call
             await loop.run_in_executor(None, check_face_model, settings.video)
-        services = Services(
-            settings, Authorizer(settings.auth.tokens), Hub(settings.hub.subscriber_queue), vad_model, asr
-        )
+        hub = Hub(settings.hub.subscriber_queue, node=node_id(settings))
+        services = Services(settings, Authorizer(settings.auth.tokens), hub, vad_model, asr)
+        services.admission = Admission(settings.server.max_participants, settings.server.retry_after_s)
         if settings.mqtt.enabled:
             services.mqtt = MqttBridge(settings.mqtt)
             services.hub.add_sink(services.mqtt.offer)

@@ -178,7 +178,9 @@ class Peer:
             "participant": self.participant,
         }
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.base_url}/offer", json=body, headers=self.headers) as response:
+            # ?call= as our clients send it: a balancer pins the call by it (deploy/haproxy.cfg)
+            url = f"{self.base_url}/offer?call={self.call}"
+            async with http.post(url, json=body, headers=self.headers) as response:
                 answer = await response.json()
                 if response.status != 200:
                     raise RuntimeError(f"offer refused: {response.status} {answer}")

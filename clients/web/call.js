@@ -43,7 +43,8 @@ export async function publish(stream, { call, participant, token, onState }) {
     await iceGatheringComplete(pc);
     const headers = { "Content-Type": "application/json" };
     if (token) headers.Authorization = `Bearer ${token}`;
-    const response = await fetch("/offer", {
+    // ?call= lets a load balancer pin the call to one node (it cannot read the body): deploy/README.md
+    const response = await fetch(`/offer?call=${encodeURIComponent(call)}`, {
       method: "POST",
       headers,
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", call, participant }),

@@ -2,7 +2,8 @@
 
 One job a module: `loading` (settings, finding and loading a causal LM), `messages` (request, result, the
 reasoner protocol), `prompts` (what the LM is asked, how its answers are read), `reasoner` (the LM ranking
-labels or writing JSON), `batcher` (requests of all calls gathered into batches). Callers import from here.
+labels or writing JSON), `batcher` (requests of all calls gathered into batches), `remote` (a shared OpenAI-compatible
+inference server instead of a local model). Callers import from here.
 """
 
 from model.llm.batcher import BatcherClosedError, BatcherStats, MicroBatcher
@@ -49,6 +50,7 @@ from model.llm.reasoner import (
     positions_of,
     right_pad,
 )
+from model.llm.remote import RemoteLLMError, RemoteReasoner, RemoteSettings, RemoteStats, answer_schema
 
 __all__ = [
     "CONTENT_FREE",
@@ -72,8 +74,13 @@ __all__ = [
     "Mode",
     "ReasoningRequest",
     "ReasoningResult",
+    "RemoteLLMError",
+    "RemoteReasoner",
+    "RemoteSettings",
+    "RemoteStats",
     "affect_of_top_labels",
     "answer_prefix",
+    "answer_schema",
     "answer_text",
     "chat_prompt_ids",
     "count_until_end",
