@@ -291,7 +291,10 @@ def sample_clips(clips: list[CorpusClip], size: int, seed: int) -> list[CorpusCl
 
 def setup_logging(settings: LoggingSettings) -> None:
     """Text for people, or one JSON object a line for log pipelines; call/participant ride along."""
+    from stream.auth import RedactTokens
+
     handler = logging.StreamHandler()
+    handler.addFilter(RedactTokens())
     if settings.format == "json":
         from pythonjsonlogger.json import JsonFormatter
 
@@ -320,6 +323,7 @@ def serve_forever(settings: Settings) -> int:
         port=settings.server.port,
         ssl_context=ssl_context,
         shutdown_timeout=settings.server.shutdown_timeout_s,
+        keepalive_timeout=settings.server.idle_timeout_s,
         print=lambda message: print(message, flush=True),
     )
     return 0

@@ -60,3 +60,9 @@ LLM_SKIPPED = Counter(
     "Utterances not refined because the LLM backlog was full",
     registry=REGISTRY,
 )
+OFFERS_REFUSED = Counter(
+    "microemo_offers_refused_total",
+    "Offers refused before any WebRTC work: too_many_offers (per client, 429), busy (in total, 503)",
+    ["reason"],
+    registry=REGISTRY,
+)
