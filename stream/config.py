@@ -104,6 +104,9 @@ class AsrSettings(Section):
     beam_size: int = Field(1, ge=1)
     workers: int = Field(1, ge=1)
     queue_size: int = Field(16, ge=1)
+    # Against Whisper's repetition loops and invented words (asr.py REPETITION_GUARD); measured with
+    # bench/bench_asr_guard.py
+    repetition_guard: bool = True
 
 
 class AudioSettings(Section):
