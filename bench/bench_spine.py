@@ -31,7 +31,7 @@ import numpy as np
 
 from stream.config import load_settings
 from tests.harness import ROOT, EventLog, ServerProcess, events_url
-from tests.media import SPEECH_RATE, Speech, compose, compose_turns
+from tests.media import SPEECH_RATE, Speech, compose, compose_turns, word_error_rate
 from tests.peer import EncodedVideoTrack, Peer, SpeechTrack, encode_vp8
 from tests.synth import render_clip
 
@@ -92,7 +92,7 @@ async def one_peer(
     server: ServerProcess, call: str, name: str, speech: Speech, frames: list[bytes] | None
 ) -> tuple[dict[str, list[float]], float]:
     """Latencies (s) from each scripted speech end to speech.end, utterance and emotion, as a subscriber sees
-    them, and how long the peer streamed."""
+    them (and "wer": the word error rate of the transcripts), and how long the peer streamed."""
     async with EventLog(events_url(server, call)) as events:
         peer = Peer(server.url, call, name)
         audio = SpeechTrack(speech.samples, SPEECH_RATE)
@@ -124,6 +124,8 @@ async def one_peer(
         for m in events.of_type("reaction")
         if m["speaker"] == name and m["utterance"] in emotions
     ]
+    heard = " ".join(m["text"] for m in events.of_type("utterance", name))
+    latencies["wer"] = [word_error_rate(" ".join(speech.sentences), heard)]
     return latencies, streamed_s
 
 
@@ -173,6 +175,7 @@ async def run_concurrent(
         "reaction_after_emotion_ms": ms("reaction_after_emotion"),
         "server_side_mean_ms": {k: server_side_mean_ms(k) for k in ("speech.end", "utterance", "emotion")},
         "asr_rtf": round(compute / audio, 3) if audio else None,
+        "wer": round(float(np.mean([r["wer"][0] for r in results])), 3),
         "server_cpu_percent": round(100 * (cpu1 - cpu0) / (wall1 - wall0)),
         "peers_cpu_percent": round(100 * (own1 - own0) / (wall1 - wall0)),
         "peak_rss_mb": round(server.read_proc("VmHWM") / 1024),
@@ -215,23 +218,32 @@ async def long_call(server: ServerProcess, seconds: float, frames: list[bytes] |
     }
 
 
-async def join_leave_cycles(server: ServerProcess, cycles: int) -> dict[str, Any]:
+async def join_leave_cycles(
+    server: ServerProcess, cycles: int, frames: list[bytes] | None, idle_s: float = 30.0
+) -> dict[str, Any]:
     short = compose(["Hello there."], lead_s=0.2, pause_s=0.0, tail_s=0.6)
     rss = []
+    threads = []
     for i in range(cycles):
         peer = Peer(server.url, "cycles", f"p{i}")
         audio = SpeechTrack(short.samples, SPEECH_RATE)
-        await peer.join(audio, None)
+        await peer.join(audio, EncodedVideoTrack(frames, fps=VIDEO_FPS) if frames else None)
         while audio.sent_s < short.duration:
             await asyncio.sleep(0.02)
         await peer.leave()
         await asyncio.sleep(0.3)
         rss.append(server.read_proc("VmRSS") / 1024)
+        threads.append(len(os.listdir(f"/proc/{server.process.pid}/task")))
+    await asyncio.sleep(idle_s)
+    idle = server.read_proc("VmRSS") / 1024
     return {
         "cycles": cycles,
-        "rss_after_first_mb": rss[0],
-        "rss_after_last_mb": rss[-1],
-        "growth_percent": 100 * (rss[-1] - rss[0]) / rss[0],
+        "video": frames is not None,
+        "rss_after_first_mb": round(rss[0]),
+        "rss_after_last_mb": round(rss[-1]),
+        "growth_percent": round(100 * (rss[-1] - rss[0]) / rss[0], 1),
+        f"rss_after_{idle_s:g}_s_idle_mb": round(idle),
+        "threads_after_first_last_max": [threads[0], threads[-1], max(threads)],
     }
 
 
@@ -267,7 +279,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             server = ServerProcess(server_config, Path(tmp))
             try:
-                out["join_leave"] = await join_leave_cycles(server, args.cycles)
+                out["join_leave"] = await join_leave_cycles(
+                    server, args.cycles, frames if args.cycles_with_video else None
+                )
             finally:
                 server.stop()
     if args.long_call_s:
@@ -286,6 +300,7 @@ def main() -> None:
     parser.add_argument("--peers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--no-video", action="store_true", help="peers send audio only")
+    parser.add_argument("--cycles-with-video", action="store_true", help="join/leave cycles send video too")
     parser.add_argument(
         "--long-turns", action="store_true", help="three long turns each instead of sentences"
     )

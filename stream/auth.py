@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -58,3 +61,38 @@ def bearer_token(request: web.Request) -> str | None:
     if header[:7].lower() == "bearer ":
         return header[7:].strip() or None
     return request.query.get("token") or None
+
+
+# A token's value after ?token= / &token= (a URL, an access-log line) or after "Bearer " (a header).
+_SECRET = re.compile(r"(?i)(\btoken=|\bbearer\s+)[^\s&\"',;]+")
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """`text` with every token value it carries replaced by ***."""
+    return _SECRET.sub(lambda match: match.group(1) + REDACTED, text)
+
+
+class RedactTokens(logging.Filter):
+    """On a log handler: no token reaches the log, whoever logged it (aiohttp's access log carries ?token=)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _SECRET.search(message):
+            record.msg, record.args = redact(message), None
+        for key, value in vars(record).items():  # aiohttp passes the request line as an extra field too
+            if key != "msg" and _is_secret_text(value):
+                setattr(record, key, _redact_value(value))
+        return True
+
+
+def _is_secret_text(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_is_secret_text(v) for v in value.values())
+    return isinstance(value, str) and _SECRET.search(value) is not None
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    return redact(value) if isinstance(value, str) else value

@@ -291,7 +291,10 @@ def sample_clips(clips: list[CorpusClip], size: int, seed: int) -> list[CorpusCl
 
 def setup_logging(settings: LoggingSettings) -> None:
     """Text for people, or one JSON object a line for log pipelines; call/participant ride along."""
+    from stream.auth import RedactTokens
+
     handler = logging.StreamHandler()
+    handler.addFilter(RedactTokens())
     if settings.format == "json":
         from pythonjsonlogger.json import JsonFormatter
 
@@ -323,7 +326,11 @@ async def _serve(app: web.Application, settings: Settings, ssl_context: ssl.SSLC
     from stream.admission import Drain
     from stream.server import SERVICES
 
-    runner = web.AppRunner(app, shutdown_timeout=settings.server.shutdown_timeout_s)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=settings.server.shutdown_timeout_s,
+        keepalive_timeout=settings.server.idle_timeout_s,  # also bounds a request whose headers never end
+    )
     await runner.setup()  # runs the app's start-up: models load here
     stopping = asyncio.Event()
     services = app[SERVICES]

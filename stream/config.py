@@ -21,6 +21,9 @@ class Section(BaseModel):
 class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    # A connection that has not sent a whole request head this long after it opened (or after its last answer)
+    # is closed: half-sent requests must not hold sockets open.
+    idle_timeout_s: float = Field(15.0, gt=0)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     shutdown_timeout_s: float = Field(5.0, gt=0)
@@ -62,6 +65,11 @@ class WebRTCSettings(Section):
     # Audio frames a receiver holds before releasing one: aiortc's 4 (80 ms) smooth playout, which analysis
     # does not need; 1 still reorders packets and waits for lost ones.
     audio_prefetch_frames: int = Field(1, ge=1, le=8)
+    # An offer holds a peer connection until it connects or connect_timeout_s passes (stream/offers.py).
+    pending_offers: int = Field(64, ge=1)  # not yet connected, in total; beyond: 503 + Retry-After
+    pending_offers_per_client: int = Field(8, ge=1)  # ... and per client address; beyond: 429 + Retry-After
+    offers_per_client_per_s: float = Field(2.0, gt=0)  # a client address's sustained rate of offers ...
+    offer_burst_per_client: int = Field(10, ge=1)  # ... in bursts of up to this many (beyond: 429)
 
     @field_validator("host_addresses")
     @classmethod
@@ -102,6 +110,9 @@ class AsrSettings(Section):
     beam_size: int = Field(1, ge=1)
     workers: int = Field(1, ge=1)
     queue_size: int = Field(16, ge=1)
+    # Against Whisper's repetition loops and invented words (asr.py REPETITION_GUARD); measured with
+    # bench/bench_asr_guard.py
+    repetition_guard: bool = True
 
 
 class AudioSettings(Section):
@@ -315,7 +326,10 @@ def load_settings(path: Path | str | None) -> Settings:
 def _explain(path: Path, exc: ValidationError) -> str:
     lines = [f"config file {path} has {exc.error_count()} problem(s):"]
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        loc = list(error["loc"])
+        if loc[:2] == ["auth", "tokens"] and len(loc) > 2:
+            loc[2] = "<token>"  # a token is a secret: the message names its place, not its value
+        key = ".".join(str(part) for part in loc) or "(top level)"
         if error["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:

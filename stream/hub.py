@@ -42,18 +42,20 @@ class Subscriber:
         if self.cut_off:
             return
         if len(self._queue) >= self._maxsize:
-            self.cut_off = True
-            metrics.SUBSCRIBERS_CUT.inc()
-            self._queue.append(
-                reply(
-                    "error",
-                    time.time(),
-                    code="slow_consumer",
-                    message=f"subscriber fell {self._maxsize} messages behind and is disconnected",
-                )
-            )
+            self.cut(f"subscriber fell {self._maxsize} messages behind")
         else:
             self._queue.append(message)
+            self._ready.set()
+
+    def cut(self, why: str) -> None:
+        """No more messages but an error (slow_consumer) saying why; its websocket is then closed (server.py)."""
+        if self.cut_off:
+            return
+        self.cut_off = True
+        metrics.SUBSCRIBERS_CUT.inc()
+        self._queue.append(
+            reply("error", time.time(), code="slow_consumer", message=f"{why} and is disconnected")
+        )
         self._ready.set()
 
     async def next_batch(self) -> list[Message]:

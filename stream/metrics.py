@@ -77,3 +77,9 @@ REACTIONS = Counter(
     "Listeners' reactions published (one per listener per utterance)",
     registry=REGISTRY,
 )
+OFFERS_REFUSED = Counter(
+    "microemo_offers_refused_total",
+    "Offers refused before any WebRTC work: too_many_offers (per client, 429), busy (in total, 503)",
+    ["reason"],
+    registry=REGISTRY,
+)

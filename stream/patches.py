@@ -1,22 +1,28 @@
-"""Every patch of aiortc and aioice internals, in one place: applied explicitly, checked against their versions."""
+"""Every patch of aiortc, aioice and aiohttp internals, in one place: applied explicitly, checked against their
+versions."""
 
 from __future__ import annotations
 
 import logging
 from importlib.metadata import version
+from typing import Any
 
 import aioice.ice
+from aiohttp import web, web_protocol
 from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterBuffer
+
+from stream.auth import redact
 
 log = logging.getLogger(__name__)
 
 # The releases these patches were written against and tested with (major.minor): another release may have
 # moved the internals they replace, so start-up says so instead of leaving a setting silently ignored.
-WRITTEN_FOR = {"aiortc": "1.16", "aioice": "0.13"}
+WRITTEN_FOR = {"aiortc": "1.16", "aioice": "0.13", "aiohttp": "3.14"}
 _AUDIO_JITTER_CAPACITY = 16  # packets, as aiortc's own
 _JITTER_BUFFER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"  # RTCRtpReceiver.__jitter_buffer, name-mangled
 _aioice_host_addresses = getattr(aioice.ice, "get_host_addresses", None)  # aioice's own, restored by None
+_aiohttp_handle_error = web_protocol.RequestHandler.handle_error
 
 
 class PatchError(RuntimeError):
@@ -39,8 +45,12 @@ def apply(host_addresses: list[str] | None) -> None:
     host_addresses: the only addresses offered as ICE host candidates (None restores aioice's choice).
     """
     for line in version_mismatches():
-        log.warning("%s: check stream/patches.py (ICE host addresses, audio prefetch) still applies", line)
+        log.warning(
+            "%s: check stream/patches.py (ICE host addresses, audio prefetch, HTTP errors) still applies",
+            line,
+        )
     pin_host_addresses(host_addresses)
+    answer_malformed_requests_in_json()
 
 
 def pin_host_addresses(addresses: list[str] | None) -> None:
@@ -89,3 +99,32 @@ def set_audio_prefetch(pc: RTCPeerConnection, frames: int) -> None:
         setattr(
             receiver, _JITTER_BUFFER_ATTRIBUTE, JitterBuffer(capacity=_AUDIO_JITTER_CAPACITY, prefetch=frames)
         )
+
+
+def answer_malformed_requests_in_json() -> None:
+    """A request aiohttp cannot parse (a 10 KB request line, a bad header) gets our JSON error and one log line.
+
+    aiohttp answers such requests in text/plain and logs each with a traceback, before any route or middleware
+    sees them, and has no option for either; a client can fill the log that way. 5xx keep aiohttp's handling."""
+
+    def handle_error(
+        self: web_protocol.RequestHandler,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return _aiohttp_handle_error(self, request, status, exc, message)
+        reason = redact((message or repr(exc))[:200])
+        log.warning("malformed HTTP request from %s: %s %s", request.remote, status, reason)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already sent; cannot send the error")
+        response = web.json_response(
+            {"error": {"code": "bad_http_request", "message": f"malformed HTTP request: {reason}"}},
+            status=status,
+        )
+        response.force_close()
+        return response
+
+    web_protocol.RequestHandler.handle_error = handle_error  # type: ignore[method-assign]

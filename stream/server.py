@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, InvalidStateError
+from aiortc.sdp import SessionDescription
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream import metrics, patches
@@ -28,6 +30,7 @@ from stream.errors import ApiError
 from stream.events import EVENT_TYPES, OLDEST_VERSION, SCHEMA_PATH, SCHEMA_VERSION, is_valid_id, reply
 from stream.hub import Hub, Subscriber
 from stream.mqtt import MqttBridge
+from stream.offers import OfferLimits
 from stream.session import ParticipantSession, PipelineParts, build_session
 from stream.stages.reactions import Listeners
 from stream.video.faces import make_face_analyzer
@@ -46,15 +49,18 @@ class Services:
     hub: Hub
     vad_model: SileroModel
     asr: TranscriptionService
+    offers: OfferLimits
     mqtt: MqttBridge | None = None
     emotion: EmotionStage | None = None
     admission: Admission = field(default_factory=lambda: Admission(None, 5))
     sessions: dict[str, ParticipantSession] = field(default_factory=dict)  # by session id
     listeners: Listeners = field(default_factory=Listeners)  # who else in each call may react
-    websockets: set[web.WebSocketResponse] = field(default_factory=set)
+    # each events websocket with its connection, aborted when the client will not take a close frame
+    websockets: dict[web.WebSocketResponse, asyncio.Transport | None] = field(default_factory=dict)
 
     def forget(self, session: ParticipantSession) -> None:
         self.sessions.pop(session.id, None)
+        self.offers.settled(session.id)
         self.count()
         if self.emotion is not None and not any(s.call == session.call for s in self.sessions.values()):
             self.emotion.end_call(session.call)  # the call is over: its visual context goes
@@ -110,6 +116,8 @@ async def read_offer(request: web.Request) -> dict[str, str]:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "bad_json", "body is nested too deeply") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "body must be a JSON object")
     for key in ("sdp", "type", "call", "participant"):
@@ -131,7 +139,9 @@ async def offer(request: web.Request) -> web.Response:
     # The balancer pins a call by `?call=` (it cannot read the body): a different call would land elsewhere.
     if request.query.get("call", body["call"]) != body["call"]:
         raise ApiError(400, "call_mismatch", "'?call=' in the URL and 'call' in the body differ")
-    session, answer = await start_session(services, body["call"], body["participant"], body["sdp"])
+    session, answer = await start_session(
+        services, body["call"], body["participant"], body["sdp"], request.remote or "-"
+    )
     return web.json_response(
         {
             "sdp": answer.sdp,
@@ -151,10 +161,13 @@ async def whip_offer(request: web.Request) -> web.Response:
     participant = valid_id(request.query.get("participant") or f"whip-{uuid.uuid4().hex[:8]}", "participant")
     if request.content_type != "application/sdp":
         raise ApiError(415, "unsupported_media_type", "WHIP takes an application/sdp offer")
-    sdp = await request.text()
+    try:
+        sdp = (await request.read()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "bad_sdp", "the SDP offer is not UTF-8 text") from exc
     if not sdp.strip():
         raise ApiError(400, "bad_sdp", "empty SDP offer")
-    session, answer = await start_session(services, call, participant, sdp)
+    session, answer = await start_session(services, call, participant, sdp, request.remote or "-")
     return web.Response(
         status=201,
         text=answer.sdp,
@@ -183,6 +196,8 @@ async def whip_patch(request: web.Request) -> web.Response:
 # -- sessions ------------------------------------------------------------------------------------
 # What aiortc raises for an offer it cannot parse or use (its SDP parser, its checks of the description).
 OFFER_ERRORS = (ValueError, LookupError, InvalidAccessError, InvalidStateError)
+# A participant sends a microphone and a camera (a screen share, ...): more media sections than this is no call.
+MAX_MEDIA_SECTIONS = 16
 
 
 class BadOffer(Exception):
@@ -190,14 +205,35 @@ class BadOffer(Exception):
 
 
 async def start_session(
-    services: Services, call: str, participant: str, sdp: str
+    services: Services, call: str, participant: str, sdp: str, client: str
 ) -> tuple[ParticipantSession, RTCSessionDescription]:
     """Answer an SDP offer with a new ParticipantSession; a bad offer is a 400, an internal failure a 500, and
-    neither leaves anything behind. A full or draining node answers 503 before anything is set up."""
+    neither leaves anything behind. A full or draining node answers 503 before anything is set up; too many
+    offers from `client` (its address), or in all, not yet connected: 429 or 503 (stream/offers.py)."""
     services.admission.admit(len(services.sessions))
-    if services.find(call, participant) is not None:
+    existing = services.find(call, participant)
+    if existing is not None and (
+        existing.pc is None or existing.pc.connectionState not in ("new", "connecting")
+    ):
         raise ApiError(409, "participant_exists", f"participant '{participant}' is already in call '{call}'")
     session_id = uuid.uuid4().hex[:16]
+    services.offers.admit(client, session_id)  # pending from here until its peer connects or it closes
+    try:
+        if existing is not None:
+            # An offer whose peer never connected holds no one's place: a newer offer (with the publish right
+            # too) takes it, so that no one can squat a participant id for connect_timeout_s.
+            existing.log.info("session %s, never connected, replaced by a newer offer", existing.id)
+            await existing.close("replaced")
+        return await open_session(services, call, participant, session_id, sdp)
+    except BaseException:
+        services.offers.settled(session_id)
+        raise
+
+
+async def open_session(
+    services: Services, call: str, participant: str, session_id: str, sdp: str
+) -> tuple[ParticipantSession, RTCSessionDescription]:
+    """The peer connection and session of an admitted offer, answered; dropped if it has not connected in time."""
     pc = RTCPeerConnection(rtc_configuration(services.settings.webrtc))
     try:
         session = new_session(services, call, participant, session_id, pc)
@@ -216,7 +252,7 @@ async def start_session(
     services.sessions[session.id] = session
     services.count()
     asyncio.get_running_loop().call_later(
-        services.settings.webrtc.connect_timeout_s, _expire_unconnected, session, pc
+        services.settings.webrtc.connect_timeout_s, _expire_unconnected, weakref.ref(session)
     )
     session.log.info("session %s answered with tracks %s", session.id, session.tracks)
     return session, pc.localDescription
@@ -244,6 +280,7 @@ def new_session(
     @pc.on("connectionstatechange")
     def on_state() -> None:
         if pc.connectionState == "connected":
+            services.offers.settled(session_id)
             session.connected()
         elif pc.connectionState in ("failed", "closed"):
             session.close("connection_failed" if pc.connectionState == "failed" else "hangup")
@@ -253,6 +290,7 @@ def new_session(
 
 async def answer_offer(pc: RTCPeerConnection, session: ParticipantSession, sdp: str, prefetch: int) -> None:
     """Set the offer and our answer on `pc`; BadOffer when the offer is at fault, anything else is ours."""
+    check_offer(sdp)
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except OFFER_ERRORS as exc:
@@ -260,11 +298,35 @@ async def answer_offer(pc: RTCPeerConnection, session: ParticipantSession, sdp: 
     patches.set_audio_prefetch(pc, prefetch)
     if not session.tracks:
         raise BadOffer("the offer carries no audio or video track")
+    decline_extra_tracks(pc)
     try:
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
     except OFFER_ERRORS as exc:
         raise BadOffer(exc) from exc
+
+
+def check_offer(sdp: str) -> None:
+    """What aiortc accepts in an offer but fails on later (after the answer): BadOffer names it."""
+    try:
+        description = SessionDescription.parse(sdp)
+    except (*OFFER_ERRORS, AssertionError) as exc:  # its parser asserts on some malformed lines
+        raise BadOffer(str(exc) or "malformed SDP") from exc
+    if len(description.media) > MAX_MEDIA_SECTIONS:
+        raise BadOffer(f"{len(description.media)} media sections; at most {MAX_MEDIA_SECTIONS} are taken")
+    for index, media in enumerate(description.media):
+        if media.kind in ("audio", "video") and (media.dtls is None or not media.dtls.fingerprints):
+            raise BadOffer(f"media section {index} ({media.kind}) has no DTLS fingerprint (a=fingerprint)")
+
+
+def decline_extra_tracks(pc: RTCPeerConnection) -> None:
+    """Only a participant's first audio and first video track are analysed (session.py); the answer declines
+    the others (a=inactive), so their media is never sent, received or decoded."""
+    seen: set[str] = set()
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind in seen:
+            transceiver.direction = "inactive"
+        seen.add(transceiver.kind)
 
 
 def internal_error(call: str, participant: str, session_id: str, exc: Exception) -> ApiError:
@@ -277,8 +339,12 @@ def internal_error(call: str, participant: str, session_id: str, exc: Exception)
     )
 
 
-def _expire_unconnected(session: ParticipantSession, pc: RTCPeerConnection) -> None:
-    if pc.connectionState not in ("connected", "closed") and not session.closed:
+def _expire_unconnected(ref: weakref.ref[ParticipantSession]) -> None:
+    # A weak reference: the timer must not keep a gone session (its peer connection, its analysis) alive.
+    session = ref()
+    if session is None or session.closed or session.pc is None:
+        return
+    if session.pc.connectionState not in ("connected", "closed"):
         session.close("connect_timeout")
 
 
@@ -315,8 +381,10 @@ async def events(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "websocket_required", "GET /events is a websocket endpoint")
     await ws.prepare(request)
     subscriber = services.hub.subscribe(call, types, version)
-    services.websockets.add(ws)
-    writer = asyncio.create_task(_write_events(ws, subscriber, services.settings.hub.send_timeout_s))
+    services.websockets[ws] = request.transport
+    writer = asyncio.create_task(
+        _write_events(ws, request.transport, subscriber, services.settings.hub.send_timeout_s)
+    )
     try:
         async for message in ws:
             if message.type == WSMsgType.TEXT:
@@ -327,34 +395,56 @@ async def events(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         services.hub.unsubscribe(subscriber)
-        services.websockets.discard(ws)
+        services.websockets.pop(ws, None)
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
-        await ws.close()
+        await hang_up(ws, request.transport, services.settings.hub.send_timeout_s)
     return ws
 
 
 def _answer(text: str) -> dict[str, Any]:
     try:
         message = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return reply("error", time.time(), code="bad_message", message='not JSON; send {"type": "ping"}')
     if isinstance(message, dict) and message.get("type") == "ping":
         return reply("pong", time.time())
     return reply("error", time.time(), code="bad_message", message="unknown message; only ping is understood")
 
 
-async def _write_events(ws: web.WebSocketResponse, subscriber: Subscriber, send_timeout_s: float) -> None:
+async def _write_events(
+    ws: web.WebSocketResponse,
+    transport: asyncio.Transport | None,
+    subscriber: Subscriber,
+    send_timeout_s: float,
+) -> None:
     while not ws.closed:
         for message in await subscriber.next_batch():
             try:
                 await asyncio.wait_for(ws.send_str(json.dumps(message)), send_timeout_s)
             except (TimeoutError, ConnectionError):
-                subscriber.cut_off = True
+                subscriber.cut(f"a message waited more than {send_timeout_s:g} s to be sent")
                 break
         if subscriber.cut_off:
-            await ws.close(code=1008, message=b"slow consumer")
+            await hang_up(ws, transport, send_timeout_s, code=1008, message=b"slow consumer")
             return
+
+
+async def hang_up(
+    ws: web.WebSocketResponse,
+    transport: asyncio.Transport | None,
+    timeout_s: float,
+    *,
+    code: int = 1000,
+    message: bytes = b"",
+) -> None:
+    """Close the websocket within `timeout_s`: a client that reads nothing cannot even take the close frame, so
+    then its connection is aborted (cut means closed, and shutdown waits for no one)."""
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=message), timeout_s)
+    except (TimeoutError, ConnectionError):
+        if transport is not None:
+            transport.abort()
 
 
 # -- info ----------------------------------------------------------------------------------------
@@ -427,8 +517,14 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         asr = TranscriptionService(chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size)
         if settings.video.enabled:  # a missing face model stops start-up here, not in the first call
             await loop.run_in_executor(None, check_face_model, settings.video)
-        hub = Hub(settings.hub.subscriber_queue, node=node_id(settings))
-        services = Services(settings, Authorizer(settings.auth.tokens), hub, vad_model, asr)
+        services = Services(
+            settings,
+            Authorizer(settings.auth.tokens),
+            Hub(settings.hub.subscriber_queue, node=node_id(settings)),
+            vad_model,
+            asr,
+            OfferLimits(settings.webrtc),
+        )
         services.admission = Admission(settings.server.max_participants, settings.server.retry_after_s)
         if settings.mqtt.enabled:
             services.mqtt = MqttBridge(settings.mqtt)
@@ -450,8 +546,12 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         await asyncio.wait_for(
             asyncio.gather(*closing, return_exceptions=True), settings.server.shutdown_timeout_s
         )
-        for ws in list(services.websockets):
-            await ws.close(code=1001, message=b"server shutdown")
+        await asyncio.gather(
+            *(
+                hang_up(ws, transport, settings.hub.send_timeout_s, code=1001, message=b"server shutdown")
+                for ws, transport in list(services.websockets.items())
+            )
+        )
         if services.mqtt:
             await services.mqtt.close()
         await services.asr.close()

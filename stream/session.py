@@ -132,6 +132,7 @@ class ParticipantSession:
         self._media_end_reason = media_end_reason
         self._on_closed = on_closed
         self._media_tasks: list[asyncio.Task[None]] = []
+        self._video_opening: asyncio.Task[None] | None = None  # the face models loading, at the first frame
         self._joined = False
         self._closing: asyncio.Task[None] | None = None
         self.tracks: list[str] = []
@@ -168,8 +169,7 @@ class ParticipantSession:
 
     async def _read(self, track: MediaStreamTrack, head: Processor[Any, Any] | None) -> None:
         # A track is read to its end even when nothing analyses it, or aiortc queues its frames without bound.
-        if isinstance(head, VideoFrames):
-            await head.open()
+        video = head if isinstance(head, VideoFrames) else None
         receiving: asyncio.Task[Any] | None = None
         stalled, started = False, False
         try:
@@ -191,6 +191,11 @@ class ParticipantSession:
                 if stalled:
                     self.log.info("%s track resumed", track.kind)
                 stalled, started = False, True
+                if video is not None and self._video_opening is None:
+                    # Face models load when video flows, not at the offer: an offer that never connects costs
+                    # none. Shielded: a close meanwhile waits for the load and then closes what it made (_close).
+                    self._video_opening = asyncio.create_task(video.open())
+                    await asyncio.shield(self._video_opening)
                 if head is not None:
                     await head.process(frame)
         finally:
@@ -214,6 +219,8 @@ class ParticipantSession:
         # Each stage finishes in chain order: the open speech closes, every closed utterance is transcribed and
         # emitted, LLM answers arrive; then the video analysis (which the face windows read) closes.
         await self._audio.process(EndOfStream())
+        if self._video_opening is not None:
+            await asyncio.gather(self._video_opening, return_exceptions=True)
         if self._video is not None:
             if self._listeners is not None:
                 self._listeners.leave(self.call, self.participant, self._video)

@@ -98,14 +98,7 @@ class FasterWhisperTranscriber:
     def transcribe(self, pcm: np.ndarray, t_offset: float, words: bool = True) -> Transcript:
         started = time.perf_counter()
         self._kept.states = None
-        segments, info = self._model.transcribe(
-            pcm,
-            language=self._settings.language,
-            beam_size=self._settings.beam_size,
-            word_timestamps=words,  # their alignment pass costs ~30 % more
-            vad_filter=False,  # our own VAD already cut the utterance
-            condition_on_previous_text=False,
-        )
+        segments, info = self._model.transcribe(pcm, **decoding_options(self._settings, pcm, words))
         timed: list[Word] = []
         texts: list[str] = []
         for segment in segments:
@@ -127,6 +120,31 @@ class FasterWhisperTranscriber:
 
         features = self._model.feature_extractor(pcm)
         return pool_encoder_states(_to_numpy(self._encode(pad_or_trim(features))), len(pcm))
+
+
+# Whisper can loop on a phrase ("lazy non-neon-neon...") or invent words over silence, and a loop runs until the
+# token limit: slow and garbled. faster-whisper's own guards (a compression ratio above 2.4 or a mean log-prob
+# below -1 retries at a higher temperature) stay on; these add: no 4-word phrase twice in a row, a pause of more
+# than 1 s inside an utterance is skipped when the words around it look invented, and at most as many tokens as
+# the audio can hold (8 a second, far above speech's 3-4).
+REPETITION_GUARD: dict[str, Any] = {"no_repeat_ngram_size": 4, "hallucination_silence_threshold": 1.0}
+TOKENS_PER_S = 8
+MIN_TOKENS = 16
+
+
+def decoding_options(settings: AsrSettings, pcm: np.ndarray, words: bool = True) -> dict[str, Any]:
+    """faster-whisper's transcribe options for this utterance (words: with word times, ~30 % more work)."""
+    options: dict[str, Any] = {
+        "language": settings.language,
+        "beam_size": settings.beam_size,
+        "word_timestamps": words,
+        "vad_filter": False,  # our own VAD already cut the utterance
+        "condition_on_previous_text": False,
+    }
+    if settings.repetition_guard:
+        options |= REPETITION_GUARD
+        options["max_new_tokens"] = MIN_TOKENS + round(TOKENS_PER_S * len(pcm) / SAMPLE_RATE)
+    return options
 
 
 def _to_numpy(storage: object) -> np.ndarray:

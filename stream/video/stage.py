@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -293,3 +294,26 @@ class VideoAnalysis:
                 self._health.left()
         if self._analyzer is not None:
             self._analyzer.close()
+            self._analyzer = None
+        release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the C heap back to the system (glibc keeps it otherwise).
+
+    A face model and its buffers, allocated per participant from several threads, leave the freed pages in
+    glibc's per-thread arenas; without this, every join/leave with video left the process ~15-20 MB larger."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()
