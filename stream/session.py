@@ -75,7 +75,7 @@ def build_session(
     interim_emotion_s = emotion.settings.interim_s if emotion is not None and live else None
     faces = (
         audio.then(ScoreSpeech(parts.vad_model))
-        .then(Segment(context, parts.audio.vad, interim_s))
+        .then(Segment(context, parts.audio.vad, interim_s, lambda: parts.asr.interim_seconds))
         .then(Transcribe(context, parts.asr, interim_emotion_s))
         .then(FaceWindows(context, video))
     )

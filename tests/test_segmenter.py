@@ -185,6 +185,20 @@ def test_long_speech_is_sent_so_far_every_interim_s_with_the_index_it_will_close
     assert so_far[-1].pcm[-1] == seconds(7) - 1
 
 
+def test_interim_lead_sends_the_speech_so_far_early_on_the_same_grid() -> None:
+    segmenter = Segmenter(min_silence_ms=500, speech_pad_ms=0, interim_s=2.0)
+    segmenter.interim_lead_s = 0.4  # a transcript takes 0.4 s: asked for then, it comes out on the 2 s grid
+    events = run([0.0] * seconds(1) + [0.9] * seconds(7) + [0.0] * seconds(1), segmenter)
+    so_far = [e.utterance for e in events if isinstance(e, SpeechSoFar)]
+    assert [u.t1 for u in so_far] == pytest.approx([2.6, 4.6, 6.6], abs=DT)
+    slow = Segmenter(min_silence_ms=500, speech_pad_ms=0, interim_s=2.0)
+    slow.interim_lead_s = (
+        5.0  # never more than half a step early: at 1 s of speech (grid 2 s), then 3 s (grid 4 s)
+    )
+    events = run([0.0] * seconds(1) + [0.9] * seconds(3) + [0.0] * seconds(1), slow)
+    assert [e.utterance.t1 for e in events if isinstance(e, SpeechSoFar)] == pytest.approx([2.0, 4.0], abs=DT)
+
+
 def test_short_speech_and_silence_get_no_interim() -> None:
     probs = [0.9] * seconds(1.5) + [0.0] * seconds(5)
     events = run(probs, Segmenter(min_silence_ms=500, interim_s=2.0))

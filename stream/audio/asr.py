@@ -175,6 +175,7 @@ class TranscriptionService:
         self._queue: asyncio.Queue[tuple[np.ndarray, float, bool, asyncio.Future[Transcript]]]
         self._queue = asyncio.Queue(queue_size)
         self._running = 0  # jobs in the workers now
+        self.interim_seconds = 0.0  # recent compute time of an interim (text only) transcription, smoothed
         self._workers = [asyncio.create_task(self._serve()) for _ in range(workers)]
 
     @property
@@ -209,6 +210,9 @@ class TranscriptionService:
                     done.set_exception(exc)
             else:
                 metrics.ASR_COMPUTE.observe(result.seconds)
+                if not words:
+                    seen = self.interim_seconds or result.seconds
+                    self.interim_seconds = 0.8 * seen + 0.2 * result.seconds
                 metrics.ASR_AUDIO.inc(len(pcm) / SAMPLE_RATE)
                 if not done.done():
                     done.set_result(result)

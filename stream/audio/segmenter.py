@@ -99,7 +99,10 @@ class Segmenter:
         self._pad_s = speech_pad_ms / 1000
         self._max_utterance_s = max_utterance_s
         self._interim_s = interim_s
-        self._interim_t = 0.0  # media time the last SpeechSoFar (or the speech) reached
+        self._interim_t = 0.0  # the last point of the interim grid (speech start + k interim_s) sent for
+        # Seconds before each grid point that the speech so far is sent, so that its transcript, which takes
+        # about that long, comes out on the grid (set from the measured transcription time; at most half a step)
+        self.interim_lead_s = 0.0
         self._state = _State.IDLE
         self._speech_t0 = 0.0
         self._silence_t0: float | None = None
@@ -176,12 +179,16 @@ class Segmenter:
             self._state is _State.SPEECH
             and self._interim_s is not None
             and self._silence_t0 is None
-            and end - self._interim_t >= self._interim_s
+            and end - self._interim_t >= self._interim_s - self._lead()
         ):
-            while end - self._interim_t >= self._interim_s:  # on a grid from the speech start: no drift
+            while end - self._interim_t >= self._interim_s - self._lead():  # on a grid from the speech start
                 self._interim_t += self._interim_s
             events.append(SpeechSoFar(self._utterance(end, "silence")))
         return events
+
+    def _lead(self) -> float:
+        assert self._interim_s is not None
+        return min(max(0.0, self.interim_lead_s), self._interim_s / 2)
 
     def _sound_end(self, vad_end: float) -> float:
         """The end of the speech's sound in the END_LOOKBACK_S before `vad_end`, or `vad_end` itself."""

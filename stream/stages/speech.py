@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
@@ -97,10 +98,18 @@ class Segment(Processor[ScoredChunk | MediaStalled, SpeechPaused | SpeechSoFar |
     `interim_s` (for interim transcripts) and closed utterances. At the end of the stream, or when it stalls,
     the speech still open is closed."""
 
-    def __init__(self, context: ParticipantContext, vad: VadSettings, interim_s: float | None = None) -> None:
+    def __init__(
+        self,
+        context: ParticipantContext,
+        vad: VadSettings,
+        interim_s: float | None = None,
+        interim_lead: Callable[[], float] | None = None,
+    ) -> None:
+        """interim_lead: how long an interim transcript takes now (it is asked for that much early)."""
         super().__init__()
         self._context = context
         self._segmenter = Segmenter.from_settings(vad, interim_s)
+        self._interim_lead = interim_lead
         self._speech: deque[tuple[float, float]] = deque(maxlen=_SPEECH_HISTORY)  # (media time, probability)
 
     async def process(self, frame: ScoredChunk | MediaStalled | EndOfStream) -> None:
@@ -111,6 +120,8 @@ class Segment(Processor[ScoredChunk | MediaStalled, SpeechPaused | SpeechSoFar |
                 await self.push(frame)
             return
         self._speech.append((frame.t, frame.speech_prob))
+        if self._interim_lead is not None:
+            self._segmenter.interim_lead_s = self._interim_lead()
         for event in self._segmenter.push(frame.t, frame.samples, frame.speech_prob):
             await self._segment(event)
 
