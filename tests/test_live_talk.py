@@ -52,7 +52,9 @@ async def test_long_speech_gets_interim_transcripts_replaced_by_the_final_one(
     assert all("closed_by" not in u for u in interim)
     # each interim text is the speech so far: growing, and the last one covers most of the final words
     assert [u["t1"] for u in interim] == sorted(u["t1"] for u in interim)
-    assert all(u["t1"] < final["t1"] for u in interim)
+    # sent while the speech was open: before the close, which comes min_silence (0.5 s) after the speech end.
+    # (The last one may reach past the final t1: the close places the end back where the sound died away.)
+    assert all(u["t1"] < final["t1"] + 0.5 for u in interim)
     last_words = interim[-1]["text"].split()
     assert word_error_rate(" ".join(final["text"].split()[: len(last_words)]), interim[-1]["text"]) <= 0.3
     # an interim emotion (and face: this peer sends no video, so there is no face event) came before the close
