@@ -10,7 +10,13 @@ min_silence): the first interim transcript after each turn's start, interim upda
 skipped under load are reported too. With video and N > 1, each utterance's reactions (the other peers are its
 listeners) are timed from the speaker's emotion event.
 
+With --cpu-hog N, N processes spin on the CPU (at nice 0, as a neighbour would) for the duration of each run:
+the server's CPU is then also reported per thread (the event loop, video decoding, face analysis, ASR), with the
+event loop's lag and the work shed (microemo_shed_total), and the peers' own loop lag (the peers share the
+cores: their lateness would show as the server's).
+
 python -m bench.bench_spine [--peers 1 2 4] [--cycles 50] [--no-video] [--long-turns] [--long-call-s 600]
+                            [--cpu-hog 1]
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import json
 import os
 import re
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -30,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from stream.config import load_settings
-from tests.harness import ROOT, EventLog, ServerProcess, events_url
+from tests.harness import ROOT, EventLog, ServerProcess, _die_with_parent, events_url
 from tests.media import SPEECH_RATE, Speech, compose, compose_turns, word_error_rate
 from tests.peer import EncodedVideoTrack, Peer, SpeechTrack, encode_vp8
 from tests.synth import render_clip
@@ -67,6 +75,10 @@ def scrape(server: ServerProcess) -> dict[str, float]:
         "microemo_dropped_frames_total",
         'microemo_interim_skipped_total{event="utterance"}',
         'microemo_interim_skipped_total{event="emotion"}',
+        'microemo_shed_total{work="face_frames"}',
+        'microemo_shed_total{work="interim"}',
+        "microemo_loop_lag_seconds_count",
+        *(f'microemo_loop_lag_seconds_bucket{{le="{le}"}}' for le in LAG_BUCKETS),
         *(
             f'microemo_stage_latency_seconds_{part}{{stage="{stage}"}}'
             for stage in ("speech.end", "utterance", "emotion")
@@ -76,6 +88,96 @@ def scrape(server: ServerProcess) -> dict[str, float]:
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
         values[name] = float(match.group(1)) if match else 0.0
     return values
+
+
+LAG_BUCKETS = ("0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1.0", "2.0", "5.0")
+
+
+def loop_lag(delta: dict[str, float]) -> dict[str, Any] | None:
+    """The server's event-loop lag over a run, from its histogram: the bucket holding p95 and the share of ticks
+    late by 50 ms or more (the shedding threshold)."""
+    count = delta["microemo_loop_lag_seconds_count"]
+    if not count:
+        return None  # a server without the measurement
+    within = {le: delta[f'microemo_loop_lag_seconds_bucket{{le="{le}"}}'] for le in LAG_BUCKETS}
+    p95 = next((le for le, n in within.items() if n >= 0.95 * count), "inf")
+    return {
+        "p95_at_most_ms": p95 if p95 == "inf" else round(1000 * float(p95)),
+        "late_50ms_percent": round(100 * (count - within["0.05"]) / count, 1),
+    }
+
+
+class CpuHog:
+    """`count` processes spinning on the CPU at nice 0 (a busy neighbour), until stopped; they die with us."""
+
+    def __init__(self, count: int) -> None:
+        self.processes = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=_die_with_parent)
+            for _ in range(count)
+        ]
+
+    def cpu_seconds(self) -> float:
+        return sum(proc_cpu_seconds(f"/proc/{p.pid}/stat")[0] for p in self.processes)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
+
+
+def proc_cpu_seconds(stat_path: str) -> tuple[float, int]:
+    """(user + system CPU seconds, niceness) of a process or thread, from its /proc stat file."""
+    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[16])
+
+
+class ThreadCpu:
+    """The server's CPU by thread name (the event loop is its main thread), sampled every half second while a
+    run goes on: a thread that ends in between (a participant's face analysis) keeps its last sample."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._start: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float, int]] = {}  # tid → (name, CPU seconds, niceness)
+        self._sample(first=True)
+
+    def _sample(self, first: bool = False) -> None:
+        for entry in os.listdir(f"/proc/{self._pid}/task"):
+            tid = int(entry)
+            try:
+                cpu, nice = proc_cpu_seconds(f"/proc/{self._pid}/task/{tid}/stat")
+                name = Path(f"/proc/{self._pid}/task/{tid}/comm").read_text().strip()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # ended meanwhile
+            self._start.setdefault(tid, cpu if first else 0.0)
+            self._last[tid] = ("event loop" if tid == self._pid else name, cpu, nice)
+
+    async def follow(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self._sample()
+
+    def percent(self, wall_s: float) -> dict[str, dict[str, Any]]:
+        """Per thread name: % of one core over wall_s, and the niceness its threads ran at."""
+        groups: dict[str, dict[str, Any]] = {}
+        for tid, (name, cpu, nice) in self._last.items():
+            group = groups.setdefault(name, {"cpu_percent": 0.0, "threads": 0, "nice": set()})
+            group["cpu_percent"] += 100 * (cpu - self._start[tid]) / wall_s
+            group["threads"] += 1
+            group["nice"].add(nice)
+        return {
+            name: {**g, "cpu_percent": round(g["cpu_percent"]), "nice": sorted(g["nice"])}
+            for name, g in sorted(groups.items(), key=lambda item: -item[1]["cpu_percent"])
+        }
+
+
+async def own_loop_lag(lags: list[float], tick_s: float = 0.1) -> None:
+    """How late this process's event loop (the peers' sending) runs a timer, appended to `lags` until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + tick_s
+        await asyncio.sleep(tick_s)
+        lags.append(max(0.0, loop.time() - due))
 
 
 def own_cpu_seconds() -> float:
@@ -130,13 +232,23 @@ async def one_peer(
 
 
 async def run_concurrent(
-    server: ServerProcess, n: int, speech: Speech, frames: list[bytes] | None
+    server: ServerProcess, n: int, speech: Speech, frames: list[bytes] | None, cpu_hog: int = 0
 ) -> dict[str, Any]:
-    before, cpu0, own0, wall0 = scrape(server), server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
-    peers = (one_peer(server, f"bench{n}", f"peer{i}", speech, frames) for i in range(n))
-    outcomes = await asyncio.gather(*peers)
-    results = [latencies for latencies, _ in outcomes]
-    after, cpu1, own1, wall1 = scrape(server), server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
+    hog = CpuHog(cpu_hog)
+    threads, peer_lags = ThreadCpu(server.process.pid), []
+    watchers = [asyncio.create_task(threads.follow()), asyncio.create_task(own_loop_lag(peer_lags))]
+    try:
+        hog0 = hog.cpu_seconds()
+        before, cpu0, own0, wall0 = scrape(server), server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
+        peers = (one_peer(server, f"bench{n}", f"peer{i}", speech, frames) for i in range(n))
+        outcomes = await asyncio.gather(*peers)
+        results = [latencies for latencies, _ in outcomes]
+        after, cpu1, own1, wall1 = scrape(server), server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
+        hog1 = hog.cpu_seconds()
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        hog.stop()
 
     def delta(name: str) -> float:
         return after[name] - before[name]
@@ -179,11 +291,21 @@ async def run_concurrent(
         "server_cpu_percent": round(100 * (cpu1 - cpu0) / (wall1 - wall0)),
         "peers_cpu_percent": round(100 * (own1 - own0) / (wall1 - wall0)),
         "peak_rss_mb": round(server.read_proc("VmHWM") / 1024),
+        "cpu_hog": cpu_hog,
+        "hog_cpu_percent": round(100 * (hog1 - hog0) / (wall1 - wall0)),
+        "server_loop_lag": loop_lag({name: delta(name) for name in after}),
+        "peers_loop_lag_ms": {
+            "p95": round(1000 * percentile(peer_lags, 95)),
+            "max": round(1000 * max(peer_lags)),
+        },
+        "shed_interim": int(delta('microemo_shed_total{work="interim"}')),
+        "server_cpu_by_thread": threads.percent(wall1 - wall0),
     }
     if frames:
         analysed = delta('microemo_stage_seconds_count{stage="faces"}')
         report["analysed_fps_per_peer"] = round(analysed / sum(streamed for _, streamed in outcomes), 1)
         report["dropped_frames"] = int(delta("microemo_dropped_frames_total"))
+        report["shed_face_frames"] = int(delta('microemo_shed_total{work="face_frames"}'))
     return report
 
 
@@ -264,6 +386,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             if frames is None
             else f"640x480 face at {VIDEO_FPS} fps, analysis_fps {settings.video.analysis_fps}",
             "emotion": "llm" if settings.emotion.llm.enabled else settings.emotion.estimator,
+            "cpu_hog": f"{args.cpu_hog} process(es) spinning at nice 0 during each run",
+            "server_settings": json.loads(args.config_json),
         },
         "speech_s": round(speech.duration, 2),
         "concurrency": [],
@@ -272,7 +396,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:  # a fresh server per N, so peak RSS is that N's
             server = ServerProcess(server_config, Path(tmp))
             try:
-                out["concurrency"].append(await run_concurrent(server, n, speech, frames))
+                out["concurrency"].append(await run_concurrent(server, n, speech, frames, args.cpu_hog))
             finally:
                 server.stop()
     if args.cycles:
@@ -311,6 +435,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--long-call-s", type=float, default=0, help="also one call this long (RSS over time)"
+    )
+    parser.add_argument(
+        "--cpu-hog",
+        type=int,
+        default=0,
+        help="processes spinning on the CPU during each run (a busy neighbour)",
     )
     args = parser.parse_args()
     print(json.dumps(asyncio.run(main_async(args)), indent=2))
