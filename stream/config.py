@@ -33,6 +33,9 @@ class ServerSettings(Section):
     retry_after_s: int = Field(5, ge=1)  # Retry-After of a 503 while full or draining
     # This node's name in every event (`node`) and in /healthz; None: the host name
     node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # An event-loop tick this late sheds face-analysis frames, then interim updates, so that VAD and speech.end
+    # keep their pace (stream/overload.py); None: never shed
+    shed_lag_ms: float | None = Field(50.0, gt=0)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:
@@ -108,6 +111,9 @@ class AsrSettings(Section):
     device: str = "cpu"
     cpu_threads: int = Field(2, ge=1)
     beam_size: int = Field(1, ge=1)
+    # Niceness added to the transcription threads (Linux): under load the event loop (VAD, speech.end) runs
+    # first; less than video.nice, so that face analysis yields to transcription
+    nice: int = Field(5, ge=0, le=19)
     workers: int = Field(1, ge=1)
     queue_size: int = Field(16, ge=1)
     # Against Whisper's repetition loops and invented words (asr.py REPETITION_GUARD); measured with
@@ -139,6 +145,8 @@ class VideoSettings(Section):
     max_total_fps: float = Field(40.0, gt=0)
     # Niceness added to the face-analysis threads (Linux): under load, transcription and the event loop come first.
     nice: int = Field(10, ge=0, le=19)
+    # Niceness added to aiortc's video decoder threads (one per camera; every frame is decoded, as VP8 needs)
+    decoder_nice: int = Field(10, ge=0, le=19)
     queue_frames: int = Field(8, ge=1)  # frames waiting for analysis; the oldest are dropped beyond
     max_width: int = Field(640, ge=64)  # larger frames are scaled down before analysis
     backend: Literal["mediapipe", "insightface"] = "mediapipe"

@@ -83,3 +83,20 @@ OFFERS_REFUSED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+LOOP_LAG = Histogram(
+    "microemo_loop_lag_seconds",
+    "How late the event loop ran a timer due every 100 ms: VAD and speech.end wait as long",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+    registry=REGISTRY,
+)
+SHED = Counter(
+    "microemo_shed_total",
+    "Work shed because the event loop lagged (face_frames: sampled frames not analysed; interim: interim "
+    "transcripts not made)",
+    ["work"],
+    registry=REGISTRY,
+)
+FACE_SHARE = Gauge(
+    "microemo_face_share", "Share of the sampled face frames analysed now (1: none shed)", registry=REGISTRY
+)
+FACE_SHARE.set(1.0)

@@ -4,15 +4,17 @@ versions."""
 from __future__ import annotations
 
 import logging
+import threading
 from importlib.metadata import version
 from typing import Any
 
 import aioice.ice
 from aiohttp import web, web_protocol
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, rtcrtpreceiver
 from aiortc.jitterbuffer import JitterBuffer
 
 from stream.auth import redact
+from stream.threads import lower_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ _AUDIO_JITTER_CAPACITY = 16  # packets, as aiortc's own
 _JITTER_BUFFER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"  # RTCRtpReceiver.__jitter_buffer, name-mangled
 _aioice_host_addresses = getattr(aioice.ice, "get_host_addresses", None)  # aioice's own, restored by None
 _aiohttp_handle_error = web_protocol.RequestHandler.handle_error
+_aiortc_decoder_worker = getattr(rtcrtpreceiver, "decoder_worker", None)  # aiortc's own, restored by nice 0
 
 
 class PatchError(RuntimeError):
@@ -39,17 +42,21 @@ def version_mismatches() -> list[str]:
     return lines
 
 
-def apply(host_addresses: list[str] | None) -> None:
+def apply(host_addresses: list[str] | None, *, video_decoder_nice: int | None = None) -> None:
     """Apply the process-wide patches; call once at start-up (the server, a test peer) before any connection.
 
     host_addresses: the only addresses offered as ICE host candidates (None restores aioice's choice).
+    video_decoder_nice: niceness added to the threads that decode received video (None: left as they are).
     """
     for line in version_mismatches():
         log.warning(
-            "%s: check stream/patches.py (ICE host addresses, audio prefetch, HTTP errors) still applies",
+            "%s: check stream/patches.py (ICE host addresses, audio prefetch, video decoders, HTTP errors) "
+            "still applies",
             line,
         )
     pin_host_addresses(host_addresses)
+    if video_decoder_nice is not None:
+        lower_video_decoders(video_decoder_nice)
     answer_malformed_requests_in_json()
 
 
@@ -74,6 +81,33 @@ def pin_host_addresses(addresses: list[str] | None) -> None:
         return [a for a in pinned if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = pinned_addresses
+
+
+def lower_video_decoders(nice: int) -> None:
+    """Run the thread that decodes each received video track lowered by `nice` (0 restores aiortc's own).
+
+    aiortc decodes every frame of every camera (VP8 frames depend on the ones before, so none can be skipped) in
+    a thread per track at normal priority, where under load it competes with the event loop (VAD, speech.end)
+    and transcription. aiortc has no option for it: the module function its receivers start as that thread's
+    target is wrapped; the thread is aiortc's `video-decoder` (audio decoding, on the speech path, is left be)."""
+    if _aiortc_decoder_worker is None:
+        if nice == 0:
+            return
+        raise PatchError(
+            f"aiortc {version('aiortc')} has no rtcrtpreceiver.decoder_worker to wrap, so video.decoder_nice "
+            f"cannot be honoured (stream/patches.py was written for aiortc {WRITTEN_FOR['aiortc']}.x)"
+        )
+    if nice == 0:
+        rtcrtpreceiver.decoder_worker = _aiortc_decoder_worker
+        return
+    original = _aiortc_decoder_worker
+
+    def decoder_worker(*args: Any, **kwargs: Any) -> None:
+        if threading.current_thread().name.startswith("video"):  # aiortc names it f"{kind}-decoder"
+            lower_this_thread(nice, "video-decoder")
+        original(*args, **kwargs)
+
+    rtcrtpreceiver.decoder_worker = decoder_worker
 
 
 def set_audio_prefetch(pc: RTCPeerConnection, frames: int) -> None:

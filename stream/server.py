@@ -31,8 +31,10 @@ from stream.events import EVENT_TYPES, OLDEST_VERSION, SCHEMA_PATH, SCHEMA_VERSI
 from stream.hub import Hub, Subscriber
 from stream.mqtt import MqttBridge
 from stream.offers import OfferLimits
+from stream.overload import Shedder, watch_loop_lag
 from stream.session import ParticipantSession, PipelineParts, build_session
 from stream.stages.reactions import Listeners
+from stream.threads import in_thread
 from stream.video.faces import make_face_analyzer
 from stream.video.stage import FACE_HEALTH
 from stream.webrtc import rtc_configuration
@@ -55,6 +57,8 @@ class Services:
     admission: Admission = field(default_factory=lambda: Admission(None, 5))
     sessions: dict[str, ParticipantSession] = field(default_factory=dict)  # by session id
     listeners: Listeners = field(default_factory=Listeners)  # who else in each call may react
+    shedder: Shedder | None = None  # what overload sheds, from the event loop's lag (None: nothing)
+    loop_lag: asyncio.Task[None] | None = None  # measures that lag (in /metrics) and tells the shedder
     # each events websocket with its connection, aborted when the client will not take a close frame
     websockets: dict[web.WebSocketResponse, asyncio.Transport | None] = field(default_factory=dict)
 
@@ -271,6 +275,7 @@ def new_session(
         settings.video,
         services.emotion,
         services.listeners,
+        services.shedder,
     )
     session = build_session(
         parts, call=call, participant=participant, session_id=session_id, pc=pc, on_closed=services.forget
@@ -507,14 +512,17 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
     app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
 
     async def start(app: web.Application) -> None:
-        patches.apply(settings.webrtc.host_addresses)  # before any peer connection gathers candidates
+        # before any peer connection gathers candidates or receives video
+        patches.apply(settings.webrtc.host_addresses, video_decoder_nice=settings.video.decoder_nice)
         asr_settings = settings.audio.asr
         loop = asyncio.get_running_loop()
         vad_model = await loop.run_in_executor(None, SileroModel, settings.audio.vad.threads)
         chosen = transcriber
-        if chosen is None:
-            chosen = await loop.run_in_executor(None, make_transcriber, asr_settings)
-        asr = TranscriptionService(chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size)
+        if chosen is None:  # made in a lowered thread: the compute threads it starts inherit the niceness
+            chosen = await in_thread(make_transcriber, asr_settings, nice=asr_settings.nice, name="asr")
+        asr = TranscriptionService(
+            chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size, nice=asr_settings.nice
+        )
         if settings.video.enabled:  # a missing face model stops start-up here, not in the first call
             await loop.run_in_executor(None, check_face_model, settings.video)
         services = Services(
@@ -526,6 +534,9 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
             OfferLimits(settings.webrtc),
         )
         services.admission = Admission(settings.server.max_participants, settings.server.retry_after_s)
+        if settings.server.shed_lag_ms is not None:
+            services.shedder = Shedder(settings.server.shed_lag_ms / 1000)
+        services.loop_lag = asyncio.create_task(watch_loop_lag(services.shedder))
         if settings.mqtt.enabled:
             services.mqtt = MqttBridge(settings.mqtt)
             services.hub.add_sink(services.mqtt.offer)
@@ -554,6 +565,8 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         )
         if services.mqtt:
             await services.mqtt.close()
+        if services.loop_lag is not None:
+            services.loop_lag.cancel()
         await services.asr.close()
         if services.emotion:
             await services.emotion.release_loop()

@@ -19,6 +19,7 @@ from stream.config import AudioSettings, VideoSettings
 from stream.emotion import EmotionStage
 from stream.events import ParticipantJoin, ParticipantLeave
 from stream.hub import Hub
+from stream.overload import Shedder
 from stream.pipeline import EndOfStream, MediaStalled, ParticipantContext, Processor
 from stream.stages.emotion import Estimate, Refine
 from stream.stages.faces import FaceWindows, VideoFrames
@@ -42,6 +43,7 @@ class PipelineParts:
     video: VideoSettings
     emotion: EmotionStage | None
     listeners: Listeners | None = None
+    shedder: Shedder | None = None  # what a live server sheds under overload (None: nothing, as for a file)
 
 
 def build_session(
@@ -67,7 +69,8 @@ def build_session(
     emotion = parts.emotion
     video = None
     if parts.video.enabled:
-        video = VideoFrames(context, parts.video, emotion.whole_frames if emotion is not None else None)
+        whole_frames = emotion.whole_frames if emotion is not None else None
+        video = VideoFrames(context, parts.video, whole_frames, parts.shedder)
     audio = Resample(context.clock)
     # Interim updates and stalls are about live media: a file is read faster than it was spoken, and never stalls
     live = context.clock.realtime
@@ -76,7 +79,7 @@ def build_session(
     faces = (
         audio.then(ScoreSpeech(parts.vad_model))
         .then(Segment(context, parts.audio.vad, interim_s, lambda: parts.asr.interim_seconds))
-        .then(Transcribe(context, parts.asr, interim_emotion_s))
+        .then(Transcribe(context, parts.asr, interim_emotion_s, parts.shedder))
         .then(FaceWindows(context, video))
     )
     if emotion is not None:

@@ -13,6 +13,7 @@ from stream.audio.asr import Transcript
 from stream.audio.segmenter import ClosedUtterance
 from stream.config import VideoSettings
 from stream.events import FaceEvent
+from stream.overload import Shedder
 from stream.pipeline import EndOfStream, MediaStalled, ParticipantContext, Processor
 from stream.stages.speech import pts_seconds
 from stream.stages.transcribe import HeardUtterance
@@ -43,11 +44,16 @@ class VideoFrames(Processor[av.VideoFrame | MediaStalled, None]):
     """
 
     def __init__(
-        self, context: ParticipantContext, settings: VideoSettings, whole_frames: WholeFrames | None
+        self,
+        context: ParticipantContext,
+        settings: VideoSettings,
+        whole_frames: WholeFrames | None,
+        shedder: Shedder | None = None,
     ) -> None:
         super().__init__()
         self._context = context
         self._settings = settings
+        self._shedder = shedder  # thins the analysed frames while the event loop lags
         self._whole_frames = whole_frames  # kept only when the LLM stage's visual encoder will read them
         self.analysis: VideoAnalysis | None = None
         self._first_pts_s: float | None = None
@@ -65,7 +71,7 @@ class VideoFrames(Processor[av.VideoFrame | MediaStalled, None]):
 
         name = f"{context.call}/{context.participant}"
         self.analysis = await asyncio.to_thread(
-            VideoAnalysis, self._settings, name, self._whole_frames, failed
+            VideoAnalysis, self._settings, name, self._whole_frames, failed, shedder=self._shedder
         )
 
     async def process(self, frame: av.VideoFrame | MediaStalled | EndOfStream) -> None:

@@ -12,6 +12,7 @@ from stream import metrics
 from stream.audio.asr import Transcript, TranscriptionService
 from stream.audio.segmenter import ClosedUtterance, SpeechPaused, SpeechSoFar
 from stream.events import UtteranceEvent, WordTiming
+from stream.overload import Shedder
 from stream.pipeline import EndOfStream, ParticipantContext, Processor
 from stream.stages.speech import ScoredUtterance
 
@@ -42,7 +43,8 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
     Speech still going on (SpeechSoFar) is transcribed only when the ASR is idle, and published as an interim
     utterance (final: false); one in `interim_emotion_s` of speech is also passed on for an interim face and
     emotion. Interim work never waits ahead of closed utterances: when the ASR is busy it is skipped (counted),
-    and one whose utterance has closed meanwhile is dropped.
+    and one whose utterance has closed meanwhile is dropped. While `shedder` sheds work (the event loop lags),
+    none is started (counted as shed).
     """
 
     def __init__(
@@ -50,10 +52,12 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
         context: ParticipantContext,
         asr: TranscriptionService,
         interim_emotion_s: float | None = None,
+        shedder: Shedder | None = None,
     ) -> None:
         super().__init__()
         self._context = context
         self._asr = asr
+        self._shedder = shedder  # under overload, interim work goes (stream/overload.py)
         self._interim_emotion_s = interim_emotion_s
         self._interim: asyncio.Task[None] | None = None
         self._closed_index = -1  # the last utterance index closed: interim results up to it are stale
@@ -95,6 +99,9 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
         busy = not self._asr.idle or not self._queue.empty()
         if busy or (self._interim is not None and not self._interim.done()):
             metrics.INTERIM_SKIPPED.labels("utterance").inc()
+            return
+        if self._shedder is not None and not self._shedder.interim_allowed:
+            metrics.SHED.labels("interim").inc()
             return
         self._interim = asyncio.create_task(self._transcribe_interim(utterance))
 

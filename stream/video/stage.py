@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -17,6 +16,8 @@ import numpy as np
 
 from stream import metrics
 from stream.config import VideoSettings
+from stream.overload import FrameShare, Shedder
+from stream.threads import lower_this_thread
 from stream.video.faces import FaceAnalyzer, FaceTracker, choose_speaker, make_face_analyzer
 from stream.video.micro import FaceWindow, MicroExpressionBuffer
 
@@ -89,7 +90,8 @@ class VideoAnalysis:
     worker. When the worker falls behind, the oldest queued frames are dropped and counted.
 
     Participants share `max_total_fps`: each samples at min(analysis_fps, max_total_fps / participants).
-    The worker runs at `nice`, so that under load speech recognition keeps its pace and video gives way.
+    The worker runs at `nice`, so that under load speech recognition keeps its pace and video gives way; while
+    the event loop lags, `shedder` thins the sampled frames further (stream/overload.py; counted in `shed`).
 
     With `whole_frames` (only when a visual encoder serves the LLM stage) the buffer also keeps whole frames,
     downsized, on a grid of their own at whole_frames.fps (training's), for the same buffer_s, whatever the
@@ -109,8 +111,10 @@ class VideoAnalysis:
         whole_frames: WholeFrames | None = None,
         on_failure: Callable[[str], None] | None = None,
         health: FaceHealth = FACE_HEALTH,
+        shedder: Shedder | None = None,
     ) -> None:
         self._settings = settings
+        self._share = FrameShare(shedder)
         self._name = name
         self._on_failure = on_failure
         self._health = health
@@ -136,6 +140,7 @@ class VideoAnalysis:
         self._stopped = False
         self.analysed_until = -1.0  # media time of the last frame the worker finished
         self.dropped = 0
+        self.shed = 0  # sampled frames not analysed because the event loop lagged
         # The analyzer is made in the worker, after its niceness is set, so the threads it starts inherit it.
         self._thread = threading.Thread(
             target=self._work, args=(ready, failure), name=f"video-{name}", daemon=True
@@ -166,10 +171,15 @@ class VideoAnalysis:
         elif t + 1e-6 < self._next_sample_t:
             return
         self._next_sample_t = max(self._next_sample_t + 1 / self.fps, t)
+        analyse = self._share.keep()  # overload sheds frames before speech waits (stream/overload.py)
+        if not analyse:
+            self.shed += 1
+            if not keep:
+                return
         with self._wake:
-            if sum(1 for item in self._queue if item.analyse) >= self._settings.queue_frames:
+            if analyse and sum(1 for item in self._queue if item.analyse) >= self._settings.queue_frames:
                 self._drop_oldest_analysis()
-            self._queue.append(_Sampled(frame, t, keep))
+            self._queue.append(_Sampled(frame, t, keep, analyse))
             self._wake.notify()
 
     def _keep_due(self, t: float) -> None:
@@ -218,13 +228,7 @@ class VideoAnalysis:
 
     def _work(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
-            if self._settings.nice and hasattr(os, "setpriority"):
-                thread = threading.get_native_id()  # on Linux, niceness is per thread
-                os.setpriority(
-                    os.PRIO_PROCESS,
-                    thread,
-                    min(19, os.getpriority(os.PRIO_PROCESS, thread) + self._settings.nice),
-                )
+            lower_this_thread(self._settings.nice, "face-analysis")
             self._analyzer = make_face_analyzer(
                 self._settings.backend, self._settings.model_path, self._settings.num_faces
             )

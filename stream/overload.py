@@ -1,0 +1,92 @@
+"""Overload: how late the event loop runs, and the one place that decides what work to shed for speech."""
+
+from __future__ import annotations
+
+import asyncio
+
+from stream import metrics
+
+TICK_S = 0.1  # how often the loop's lag is measured (and the shedding decided)
+# At the least, one sampled face frame in five is still analysed: presence, the speaking face and expressions
+# longer than a few frames survive (micro-expressions, < 500 ms, may be missed).
+MIN_FACE_SHARE = 0.2
+# The share comes back by this much a calm tick (from the floor to everything in ~1.6 s): slower than it goes,
+# so that a load that lasts does not make it swing.
+RECOVERY_STEP = 0.05
+
+
+class Shedder:
+    """Decides, from the event loop's lag, what overload sheds so that speech keeps its pace.
+
+    VAD, speech.start/end and final transcripts run on (or are fed from) the event loop and are never shed: a late
+    loop delays every one of them. When a tick of the loop comes `shed_lag_s` late or more, the work that only
+    competes with them is shed, in this order:
+      1. face-analysis frames: the share of sampled frames analysed halves each late tick, down to
+         MIN_FACE_SHARE (video decoding and analysis are the largest load after ASR, and a face read at a
+         few frames a second still says who speaks and how they look);
+      2. interim updates (transcripts of speech still going on), for as long as any face frame is shed: they
+         only ever make the final transcripts wait.
+    A tick within a quarter of `shed_lag_s` gives back RECOVERY_STEP of the share. The LLM stage sheds on its own
+    (emotion.llm.max_pending), and the ASR skips interim work whenever final work waits (Transcribe).
+
+    Pure and synchronous: fed lags, it answers; `watch_loop_lag` feeds it on a live server."""
+
+    def __init__(
+        self,
+        shed_lag_s: float,
+        *,
+        min_face_share: float = MIN_FACE_SHARE,
+        recovery_step: float = RECOVERY_STEP,
+    ) -> None:
+        self.shed_lag_s = shed_lag_s
+        self.min_face_share = min_face_share
+        self.recovery_step = recovery_step
+        self.face_share = (
+            1.0  # of the face frames sampled (video.analysis_fps, max_total_fps), those analysed
+        )
+
+    def observe(self, lag_s: float) -> None:
+        if lag_s >= self.shed_lag_s:
+            self.face_share = max(self.min_face_share, self.face_share / 2)
+        elif lag_s <= self.shed_lag_s / 4:
+            self.face_share = min(1.0, self.face_share + self.recovery_step)
+        metrics.FACE_SHARE.set(self.face_share)
+
+    @property
+    def shedding(self) -> bool:
+        return self.face_share < 1.0
+
+    @property
+    def interim_allowed(self) -> bool:
+        return not self.shedding
+
+
+class FrameShare:
+    """One participant's sampled face frames, thinned evenly to the shedder's share now; each frame shed is
+    counted (microemo_shed_total{work="face_frames"})."""
+
+    def __init__(self, shedder: Shedder | None) -> None:
+        self._shedder = shedder
+        self._credit = 0.0
+
+    def keep(self) -> bool:
+        if self._shedder is None:
+            return True
+        self._credit = min(1.0, self._credit + self._shedder.face_share)
+        if self._credit >= 1.0 - 1e-9:
+            self._credit -= 1.0
+            return True
+        metrics.SHED.labels("face_frames").inc()
+        return False
+
+
+async def watch_loop_lag(shedder: Shedder | None, tick_s: float = TICK_S) -> None:
+    """Until cancelled: how late the loop runs a timer due every tick_s (in /metrics), told to the shedder."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + tick_s
+        await asyncio.sleep(tick_s)
+        lag = max(0.0, loop.time() - due)
+        metrics.LOOP_LAG.observe(lag)
+        if shedder is not None:
+            shedder.observe(lag)

@@ -1,0 +1,185 @@
+"""What overload sheds, and when: the shedding decision fed made-up lags, the face frames it thins, the interim
+updates it skips, the event loop's lag measured, and the threads that yield to the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from aiortc import rtcrtpreceiver
+
+from stream import metrics, patches
+from stream.audio.asr import TranscriptionService
+from stream.config import VadSettings, VideoSettings
+from stream.overload import MIN_FACE_SHARE, FrameShare, Shedder, watch_loop_lag
+from stream.pipeline import EndOfStream
+from stream.stages.speech import Segment
+from stream.stages.transcribe import Transcribe
+from stream.threads import in_thread, lower_this_thread
+from stream.video.stage import VideoAnalysis
+from tests.test_pipeline import Events, RecordingTranscriber, feed_speech
+
+
+def shed(work: str) -> float:
+    return metrics.REGISTRY.get_sample_value("microemo_shed_total", {"work": work}) or 0.0
+
+
+def test_a_late_loop_halves_the_face_share_down_to_a_floor_and_calm_ticks_give_it_back_slowly() -> None:
+    shedder = Shedder(0.05)
+    assert shedder.face_share == 1.0 and not shedder.shedding and shedder.interim_allowed
+    shedder.observe(0.08)
+    assert shedder.face_share == 0.5 and shedder.shedding and not shedder.interim_allowed
+    for _ in range(5):
+        shedder.observe(1.2)
+    assert shedder.face_share == MIN_FACE_SHARE  # a face is still read, at a few frames a second
+    shedder.observe(0.03)  # late, but under the threshold: neither more shed nor given back
+    assert shedder.face_share == MIN_FACE_SHARE
+    shedder.observe(0.002)
+    assert shedder.face_share == pytest.approx(MIN_FACE_SHARE + 0.05)
+    for _ in range(20):
+        shedder.observe(0.0)
+    assert shedder.face_share == 1.0 and shedder.interim_allowed
+
+
+def test_face_frames_are_thinned_evenly_to_the_share_and_each_shed_one_is_counted() -> None:
+    shedder = Shedder(0.05)
+    shedder.observe(0.1)
+    shedder.observe(0.1)  # share 0.25
+    share, before = FrameShare(shedder), shed("face_frames")
+    kept = [share.keep() for _ in range(12)]
+    assert kept == [False, False, False, True] * 3
+    assert shed("face_frames") - before == 9
+    assert all(FrameShare(None).keep() for _ in range(5))  # no shedder (a file): nothing shed
+
+
+def test_the_face_analysis_takes_only_the_share_of_its_sampled_frames() -> None:
+    shedder = Shedder(0.05)
+    shedder.observe(0.1)  # share 0.5
+    analysis = VideoAnalysis(VideoSettings(analysis_fps=10, queue_frames=64), "shed", shedder=shedder)
+    try:
+        image = np.zeros((120, 160, 3), np.uint8)
+        for index in range(20):  # 2 s at 10 fps: all 20 are due for analysis, half of them are shed
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, 10)
+            analysis.offer(frame, index / 10)
+        assert analysis.shed == 10
+        deadline = time.monotonic() + 10
+        while not analysis.idle and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert analysis.analysed_until == pytest.approx(1.9)  # the last frame was a kept one, and analysed
+        assert analysis.dropped == 0
+    finally:
+        analysis.close()
+
+
+async def test_interim_transcripts_are_shed_while_face_frames_are_and_every_final_one_still_comes() -> None:
+    events, transcriber = Events(), RecordingTranscriber()
+    shedder = Shedder(0.05)
+    shedder.observe(0.2)  # the loop lags: face frames are being shed
+    asr = TranscriptionService(transcriber)
+    segment = Segment(events.context(), VadSettings(), interim_s=1.0)
+    segment.then(Transcribe(events.context(), asr, None, shedder))
+    before = shed("interim")
+    pattern = [(False, 0.5), (True, 3.2), (False, 1.0), (True, 1.5), (False, 1.0)]
+    await feed_speech(segment, transcriber, pattern)
+    await segment.process(EndOfStream())
+
+    assert shed("interim") - before >= 3  # at 1, 2 and 3 s of the first utterance, at 1 s of the second
+    assert [(m["type"], m.get("final")) for m in events.messages] == [
+        ("speech.start", None),
+        ("speech.end", None),
+        ("utterance", True),
+        ("speech.start", None),
+        ("speech.end", None),
+        ("utterance", True),
+    ]
+    await asr.close()
+
+
+async def test_a_blocked_event_loop_is_measured_and_sheds_face_frames() -> None:
+    shedder = Shedder(0.05)
+    ticks_before = metrics.REGISTRY.get_sample_value("microemo_loop_lag_seconds_count") or 0.0
+    watcher = asyncio.create_task(watch_loop_lag(shedder, tick_s=0.02))
+    try:
+        await asyncio.sleep(0.1)
+        assert not shedder.shedding  # an idle loop is on time
+        time.sleep(0.3)  # the loop is held, as a starved or GIL-bound one would be
+        await asyncio.sleep(0.05)
+        assert shedder.shedding
+        late = metrics.REGISTRY.get_sample_value("microemo_loop_lag_seconds_bucket", {"le": "0.2"}) or 0.0
+        total = metrics.REGISTRY.get_sample_value("microemo_loop_lag_seconds_count") or 0.0
+        assert total > ticks_before and total > late  # the late tick is counted past 200 ms
+    finally:
+        watcher.cancel()
+
+
+def niceness(thread: threading.Thread) -> int:
+    assert thread.native_id is not None
+    return os.getpriority(os.PRIO_PROCESS, thread.native_id)
+
+
+@pytest.fixture
+def restore_video_decoders() -> Iterator[None]:
+    yield
+    patches.lower_video_decoders(0)
+
+
+async def test_video_decoder_threads_yield_and_audio_ones_do_not(restore_video_decoders: None) -> None:
+    patches.apply(None, video_decoder_nice=7)
+    loop, base = asyncio.get_running_loop(), os.getpriority(os.PRIO_PROCESS, 0)
+    decoders = {}
+    for kind in ("video", "audio"):  # as aiortc's receiver starts them, a thread per track
+        tasks: queue.Queue[None] = queue.Queue()
+        thread = threading.Thread(
+            target=rtcrtpreceiver.decoder_worker,
+            name=f"{kind}-decoder",
+            args=(loop, tasks, asyncio.Queue(), threading.Event()),
+        )
+        thread.start()
+        decoders[kind] = (thread, tasks)
+    await asyncio.sleep(0.05)  # both wait for their first encoded frame now
+    assert niceness(decoders["video"][0]) == min(19, base + 7)
+    assert niceness(decoders["audio"][0]) == base
+    for thread, tasks in decoders.values():
+        tasks.put(None)  # the track ends
+        await asyncio.to_thread(thread.join)
+    patches.lower_video_decoders(0)
+    assert rtcrtpreceiver.decoder_worker.__module__ == "aiortc.rtcrtpreceiver"  # aiortc's own again
+
+
+async def test_threads_started_by_a_lowered_thread_keep_its_niceness_and_name() -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def start_pool() -> threading.Thread:  # as a model's compute pool is started when the model is made
+        child = threading.Thread(target=time.sleep, args=(0.5,))
+        child.start()
+        return child
+
+    child = await in_thread(start_pool, nice=3, name="asr")
+    assert niceness(child) == min(19, base + 3)
+    assert child.native_id is not None
+    comm = f"/proc/{os.getpid()}/task/{child.native_id}/comm"
+    assert open(comm).read().strip() == "asr"
+    await asyncio.to_thread(child.join)
+
+
+async def test_transcription_workers_run_lowered() -> None:
+    asr = TranscriptionService(RecordingTranscriber(), nice=4)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: list[int] = []
+    asr.transcriber.transcribe = lambda pcm, t, words=True: (  # type: ignore[method-assign]
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        or RecordingTranscriber().transcribe(pcm, t, words)
+    )
+    await asr.transcribe(np.zeros(1600, np.float32), 0.0)
+    assert seen == [min(19, base + 4)]
+    await asr.close()
+    lower_this_thread(0)  # nothing to lower: a no-op
