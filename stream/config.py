@@ -111,9 +111,6 @@ class AsrSettings(Section):
     device: str = "cpu"
     cpu_threads: int = Field(2, ge=1)
     beam_size: int = Field(1, ge=1)
-    # Niceness added to the transcription threads (Linux): under load the event loop (VAD, speech.end) runs
-    # first; less than video.nice, so that face analysis yields to transcription
-    nice: int = Field(5, ge=0, le=19)
     workers: int = Field(1, ge=1)
     queue_size: int = Field(16, ge=1)
     # Against Whisper's repetition loops and invented words (asr.py REPETITION_GUARD); measured with

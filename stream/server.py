@@ -34,7 +34,6 @@ from stream.offers import OfferLimits
 from stream.overload import Shedder, watch_loop_lag
 from stream.session import ParticipantSession, PipelineParts, build_session
 from stream.stages.reactions import Listeners
-from stream.threads import in_thread
 from stream.video.faces import make_face_analyzer
 from stream.video.stage import FACE_HEALTH
 from stream.webrtc import rtc_configuration
@@ -518,11 +517,9 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         loop = asyncio.get_running_loop()
         vad_model = await loop.run_in_executor(None, SileroModel, settings.audio.vad.threads)
         chosen = transcriber
-        if chosen is None:  # made in a lowered thread: the compute threads it starts inherit the niceness
-            chosen = await in_thread(make_transcriber, asr_settings, nice=asr_settings.nice, name="asr")
-        asr = TranscriptionService(
-            chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size, nice=asr_settings.nice
-        )
+        if chosen is None:
+            chosen = await loop.run_in_executor(None, make_transcriber, asr_settings)
+        asr = TranscriptionService(chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size)
         if settings.video.enabled:  # a missing face model stops start-up here, not in the first call
             await loop.run_in_executor(None, check_face_model, settings.video)
         services = Services(

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import os
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
 _PR_SET_NAME = 15  # prctl(2): the calling thread's name, as top -H and /proc/<pid>/task/<tid>/comm show it
 
 
@@ -23,32 +20,6 @@ def lower_this_thread(nice: int, name: str | None = None) -> None:
         os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
     if name and _PRCTL is not None:
         _PRCTL(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-
-
-async def in_thread(function: Callable[..., T], *args: Any, nice: int, name: str) -> T:
-    """function(*args) in a thread of its own, lowered by `nice`: the threads it starts keep that niceness."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if done.cancelled():
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        lower_this_thread(nice, name)
-        try:
-            result = function(*args)
-        except BaseException as exc:  # handed to the awaiting coroutine, which raises it
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return await done
 
 
 def _find_prctl() -> Any:

@@ -23,7 +23,6 @@ from stream.overload import MIN_FACE_SHARE, FrameShare, Shedder, watch_loop_lag
 from stream.pipeline import EndOfStream
 from stream.stages.speech import Segment
 from stream.stages.transcribe import Transcribe
-from stream.threads import in_thread, lower_this_thread
 from stream.video.stage import VideoAnalysis
 from tests.test_pipeline import Events, RecordingTranscriber, feed_speech
 
@@ -109,8 +108,7 @@ async def test_a_blocked_event_loop_is_measured_and_sheds_face_frames() -> None:
     ticks_before = metrics.REGISTRY.get_sample_value("microemo_loop_lag_seconds_count") or 0.0
     watcher = asyncio.create_task(watch_loop_lag(shedder, tick_s=0.02))
     try:
-        await asyncio.sleep(0.1)
-        assert not shedder.shedding  # an idle loop is on time
+        await asyncio.sleep(0.05)
         time.sleep(0.3)  # the loop is held, as a starved or GIL-bound one would be
         await asyncio.sleep(0.05)
         assert shedder.shedding
@@ -153,33 +151,3 @@ async def test_video_decoder_threads_yield_and_audio_ones_do_not(restore_video_d
         await asyncio.to_thread(thread.join)
     patches.lower_video_decoders(0)
     assert rtcrtpreceiver.decoder_worker.__module__ == "aiortc.rtcrtpreceiver"  # aiortc's own again
-
-
-async def test_threads_started_by_a_lowered_thread_keep_its_niceness_and_name() -> None:
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-
-    def start_pool() -> threading.Thread:  # as a model's compute pool is started when the model is made
-        child = threading.Thread(target=time.sleep, args=(0.5,))
-        child.start()
-        return child
-
-    child = await in_thread(start_pool, nice=3, name="asr")
-    assert niceness(child) == min(19, base + 3)
-    assert child.native_id is not None
-    comm = f"/proc/{os.getpid()}/task/{child.native_id}/comm"
-    assert open(comm).read().strip() == "asr"
-    await asyncio.to_thread(child.join)
-
-
-async def test_transcription_workers_run_lowered() -> None:
-    asr = TranscriptionService(RecordingTranscriber(), nice=4)
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    seen: list[int] = []
-    asr.transcriber.transcribe = lambda pcm, t, words=True: (  # type: ignore[method-assign]
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        or RecordingTranscriber().transcribe(pcm, t, words)
-    )
-    await asr.transcribe(np.zeros(1600, np.float32), 0.0)
-    assert seen == [min(19, base + 4)]
-    await asr.close()
-    lower_this_thread(0)  # nothing to lower: a no-op

@@ -17,7 +17,6 @@ from model.heads import pool_encoder_states
 from stream import metrics
 from stream.audio.resample import SAMPLE_RATE
 from stream.config import AsrSettings
-from stream.threads import lower_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -168,19 +167,11 @@ class TranscriptionService:
     """Shared by every call: a bounded queue of jobs served by worker threads.
 
     A full queue makes the submitting session wait in its own transcription task, never in the media path,
-    so a backlog delays transcripts but neither VAD nor other calls, and no closed utterance is dropped.
-    The worker threads run lowered by `nice`, so that under load the event loop (VAD) runs first."""
+    so a backlog delays transcripts but neither VAD nor other calls, and no closed utterance is dropped."""
 
-    def __init__(
-        self, transcriber: Transcriber, *, workers: int = 1, queue_size: int = 16, nice: int = 0
-    ) -> None:
+    def __init__(self, transcriber: Transcriber, *, workers: int = 1, queue_size: int = 16) -> None:
         self.transcriber = transcriber
-        self._executor = ThreadPoolExecutor(
-            max_workers=workers,
-            thread_name_prefix="asr",
-            initializer=lower_this_thread,
-            initargs=(nice, "asr"),
-        )
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asr")
         self._queue: asyncio.Queue[tuple[np.ndarray, float, bool, asyncio.Future[Transcript]]]
         self._queue = asyncio.Queue(queue_size)
         self._running = 0  # jobs in the workers now
