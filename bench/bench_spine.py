@@ -79,6 +79,9 @@ def scrape(server: ServerProcess) -> dict[str, float]:
         'microemo_shed_total{work="interim"}',
         "microemo_loop_lag_seconds_count",
         *(f'microemo_loop_lag_seconds_bucket{{le="{le}"}}' for le in LAG_BUCKETS),
+        "microemo_audio_lag_seconds_count",
+        "microemo_audio_lag_seconds_sum",
+        *(f'microemo_audio_lag_seconds_bucket{{le="{le}"}}' for le in AUDIO_LAG_BUCKETS),
         *(
             f'microemo_stage_latency_seconds_{part}{{stage="{stage}"}}'
             for stage in ("speech.end", "utterance", "emotion")
@@ -91,6 +94,20 @@ def scrape(server: ServerProcess) -> dict[str, float]:
 
 
 LAG_BUCKETS = ("0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1.0", "2.0", "5.0")
+AUDIO_LAG_BUCKETS = ("0.01", "0.02", "0.05", "0.1", "0.15", "0.2", "0.3", "0.5", "1.0", "2.0", "5.0")
+
+
+def audio_lag(delta: dict[str, float]) -> dict[str, Any] | None:
+    """How late audio reached the server's VAD over a run (from its histogram): the mean, the bucket holding p95."""
+    count = delta["microemo_audio_lag_seconds_count"]
+    if not count:
+        return None
+    within = {le: delta[f'microemo_audio_lag_seconds_bucket{{le="{le}"}}'] for le in AUDIO_LAG_BUCKETS}
+    p95 = next((le for le, n in within.items() if n >= 0.95 * count), "inf")
+    return {
+        "mean_ms": round(1000 * delta["microemo_audio_lag_seconds_sum"] / count),
+        "p95_at_most_ms": p95 if p95 == "inf" else round(1000 * float(p95)),
+    }
 
 
 def loop_lag(delta: dict[str, float]) -> dict[str, Any] | None:
@@ -190,6 +207,17 @@ def face_video() -> list[bytes]:
     return encode_vp8(list(render_clip(duration_s=4.0, fps=VIDEO_FPS).frames), VIDEO_FPS)
 
 
+def wire_time(sends: list[tuple[float, int]], started_at: float, t: float) -> float | None:
+    """When the audio at media time t (s from the first packet, sent at `started_at`) went on the wire."""
+    if not sends:
+        return None
+    ts0 = sends[0][1]
+    for sent, ts in sends:
+        if ((ts - ts0) & 0xFFFFFFFF) / 48000 >= t:
+            return max(sent, started_at + t)
+    return None
+
+
 async def one_peer(
     server: ServerProcess, call: str, name: str, speech: Speech, frames: list[bytes] | None
 ) -> tuple[dict[str, list[float]], float]:
@@ -226,6 +254,14 @@ async def one_peer(
         for m in events.of_type("reaction")
         if m["speaker"] == name and m["utterance"] in emotions
     ]
+    # The peers share this machine with the server (and the hog): how late each speech end went on the wire,
+    # and speech.end measured from there, which is the server's share of the latency
+    latencies["sender_late"], latencies["speech.end_from_wire"] = [], []
+    for message, (_, end) in zip(events.of_type("speech.end", name), speech.spans, strict=False):
+        sent = wire_time(peer.audio_sends, audio.started_at, end)
+        if sent is not None:
+            latencies["sender_late"].append(sent - (audio.started_at + end))
+            latencies["speech.end_from_wire"].append(arrival[id(message)] - sent)
     heard = " ".join(m["text"] for m in events.of_type("utterance", name))
     latencies["wer"] = [word_error_rate(" ".join(speech.sentences), heard)]
     return latencies, streamed_s
@@ -275,6 +311,7 @@ async def run_concurrent(
         "peers": n,
         "utterances": sum(len(r["utterance"]) for r in results),
         "speech_end_ms": ms("speech.end"),
+        "speech_end_from_wire_ms": ms("speech.end_from_wire"),
         "utterance_ms": ms("utterance"),
         "emotion_ms": ms("emotion"),
         "first_interim_ms": ms("first_interim"),
@@ -294,6 +331,8 @@ async def run_concurrent(
         "cpu_hog": cpu_hog,
         "hog_cpu_percent": round(100 * (hog1 - hog0) / (wall1 - wall0)),
         "server_loop_lag": loop_lag({name: delta(name) for name in after}),
+        "audio_lag_at_vad": audio_lag({name: delta(name) for name in after}),
+        "sender_late_ms": ms("sender_late"),
         "peers_loop_lag_ms": {
             "p95": round(1000 * percentile(peer_lags, 95)),
             "max": round(1000 * max(peer_lags)),

@@ -33,9 +33,9 @@ class ServerSettings(Section):
     retry_after_s: int = Field(5, ge=1)  # Retry-After of a 503 while full or draining
     # This node's name in every event (`node`) and in /healthz; None: the host name
     node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    # An event-loop tick this late sheds face-analysis frames, then interim updates, so that VAD and speech.end
-    # keep their pace (stream/overload.py); None: never shed
-    shed_lag_ms: float | None = Field(50.0, gt=0)
+    # Audio reaching the VAD this late (or an event-loop tick) sheds face-analysis frames, then interim updates,
+    # so that VAD and speech.end keep their pace (stream/overload.py); None: never shed
+    shed_lag_ms: float | None = Field(100.0, gt=0)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:
@@ -140,10 +140,9 @@ class VideoSettings(Section):
     # Frames analysed per second by the whole server, shared evenly by the participants sending video: past
     # analysis_fps × participants it lowers each one's rate instead of starving speech recognition.
     max_total_fps: float = Field(40.0, gt=0)
-    # Niceness added to the face-analysis threads (Linux): under load, transcription and the event loop come first.
-    nice: int = Field(10, ge=0, le=19)
-    # Niceness added to aiortc's video decoder threads (one per camera; every frame is decoded, as VP8 needs)
-    decoder_nice: int = Field(10, ge=0, le=19)
+    # Niceness added to the face-analysis threads (Linux). 0: measured, a niced thread that holds the GIL stalls
+    # the event loop whenever the CPU is busy (README "Speech first"); overload sheds face frames instead.
+    nice: int = Field(0, ge=0, le=19)
     queue_frames: int = Field(8, ge=1)  # frames waiting for analysis; the oldest are dropped beyond
     max_width: int = Field(640, ge=64)  # larger frames are scaled down before analysis
     backend: Literal["mediapipe", "insightface"] = "mediapipe"

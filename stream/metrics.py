@@ -89,6 +89,13 @@ LOOP_LAG = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
     registry=REGISTRY,
 )
+AUDIO_LAG = Histogram(
+    "microemo_audio_lag_seconds",
+    "How late each 32 ms of audio reaches the VAD, after the participant's first frame set the clock: "
+    "speech.end comes this much later than min_silence",
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0),
+    registry=REGISTRY,
+)
 SHED = Counter(
     "microemo_shed_total",
     "Work shed because the event loop lagged (face_frames: sampled frames not analysed; interim: interim "

@@ -1,4 +1,5 @@
-"""Overload: how late the event loop runs, and the one place that decides what work to shed for speech."""
+"""Overload: how late speech runs (the event loop, the audio at the VAD), and the one place that decides what work
+to shed for it."""
 
 from __future__ import annotations
 
@@ -16,20 +17,21 @@ RECOVERY_STEP = 0.05
 
 
 class Shedder:
-    """Decides, from the event loop's lag, what overload sheds so that speech keeps its pace.
+    """Decides, from how late speech runs, what overload sheds so that speech keeps its pace.
 
-    VAD, speech.start/end and final transcripts run on (or are fed from) the event loop and are never shed: a late
-    loop delays every one of them. When a tick of the loop comes `shed_lag_s` late or more, the work that only
-    competes with them is shed, in this order:
+    VAD, speech.start/end and final transcripts run on (or are fed from) the event loop and are never shed. Each
+    tick, the lateness that counts is the worst of two: how late the loop ran its timer, and how late any
+    participant's audio reached the VAD (a loop on time can still be handed its audio late). When it is
+    `shed_lag_s` or more, the work that only competes with speech is shed, in this order:
       1. face-analysis frames: the share of sampled frames analysed halves each late tick, down to
-         MIN_FACE_SHARE (video decoding and analysis are the largest load after ASR, and a face read at a
-         few frames a second still says who speaks and how they look);
+         MIN_FACE_SHARE (face analysis is the largest load after ASR, its Python code holds the GIL the loop
+         needs, and a face read at a few frames a second still says who speaks and how they look);
       2. interim updates (transcripts of speech still going on), for as long as any face frame is shed: they
          only ever make the final transcripts wait.
-    A tick within a quarter of `shed_lag_s` gives back RECOVERY_STEP of the share. The LLM stage sheds on its own
+    A tick within half of `shed_lag_s` gives back RECOVERY_STEP of the share. The LLM stage sheds on its own
     (emotion.llm.max_pending), and the ASR skips interim work whenever final work waits (Transcribe).
 
-    Pure and synchronous: fed lags, it answers; `watch_loop_lag` feeds it on a live server."""
+    Pure and synchronous: fed lags, it answers; `watch_loop_lag` and ScoreSpeech feed it on a live server."""
 
     def __init__(
         self,
@@ -44,11 +46,21 @@ class Shedder:
         self.face_share = (
             1.0  # of the face frames sampled (video.analysis_fps, max_total_fps), those analysed
         )
+        self._audio_lag_s = 0.0  # the most any participant's audio was late at the VAD since the last tick
+
+    def note_audio_lag(self, lag_s: float) -> None:
+        """How late a chunk of audio reached the VAD (any participant's); the worst of a tick counts."""
+        self._audio_lag_s = max(self._audio_lag_s, lag_s)
+
+    def tick(self, loop_lag_s: float) -> None:
+        """Once a tick: the loop's lag and the worst audio lag since the last tick decide."""
+        self.observe(max(loop_lag_s, self._audio_lag_s))
+        self._audio_lag_s = 0.0
 
     def observe(self, lag_s: float) -> None:
         if lag_s >= self.shed_lag_s:
             self.face_share = max(self.min_face_share, self.face_share / 2)
-        elif lag_s <= self.shed_lag_s / 4:
+        elif lag_s <= self.shed_lag_s / 2:
             self.face_share = min(1.0, self.face_share + self.recovery_step)
         metrics.FACE_SHARE.set(self.face_share)
 
@@ -89,4 +101,4 @@ async def watch_loop_lag(shedder: Shedder | None, tick_s: float = TICK_S) -> Non
         lag = max(0.0, loop.time() - due)
         metrics.LOOP_LAG.observe(lag)
         if shedder is not None:
-            shedder.observe(lag)
+            shedder.tick(lag)

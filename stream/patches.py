@@ -3,18 +3,21 @@ versions."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from importlib.metadata import version
 from typing import Any
 
 import aioice.ice
+import av
 from aiohttp import web, web_protocol
 from aiortc import RTCPeerConnection, rtcrtpreceiver
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.codecs import get_decoder
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from stream.auth import redact
-from stream.threads import lower_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +26,11 @@ log = logging.getLogger(__name__)
 WRITTEN_FOR = {"aiortc": "1.16", "aioice": "0.13", "aiohttp": "3.14"}
 _AUDIO_JITTER_CAPACITY = 16  # packets, as aiortc's own
 _JITTER_BUFFER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"  # RTCRtpReceiver.__jitter_buffer, name-mangled
+_DECODER_QUEUE_ATTRIBUTE = "_RTCRtpReceiver__decoder_queue"
+_DECODER_ERROR_ATTRIBUTE = "_RTCRtpReceiver__decoder_error"
 _aioice_host_addresses = getattr(aioice.ice, "get_host_addresses", None)  # aioice's own, restored by None
 _aiohttp_handle_error = web_protocol.RequestHandler.handle_error
-_aiortc_decoder_worker = getattr(rtcrtpreceiver, "decoder_worker", None)  # aiortc's own, restored by nice 0
+_aiortc_decoder_worker = getattr(rtcrtpreceiver, "decoder_worker", None)  # aiortc's own, wrapped
 
 
 class PatchError(RuntimeError):
@@ -42,21 +47,17 @@ def version_mismatches() -> list[str]:
     return lines
 
 
-def apply(host_addresses: list[str] | None, *, video_decoder_nice: int | None = None) -> None:
+def apply(host_addresses: list[str] | None) -> None:
     """Apply the process-wide patches; call once at start-up (the server, a test peer) before any connection.
 
     host_addresses: the only addresses offered as ICE host candidates (None restores aioice's choice).
-    video_decoder_nice: niceness added to the threads that decode received video (None: left as they are).
     """
     for line in version_mismatches():
         log.warning(
-            "%s: check stream/patches.py (ICE host addresses, audio prefetch, video decoders, HTTP errors) "
-            "still applies",
+            "%s: check stream/patches.py (ICE host addresses, audio receivers, HTTP errors) still applies",
             line,
         )
     pin_host_addresses(host_addresses)
-    if video_decoder_nice is not None:
-        lower_video_decoders(video_decoder_nice)
     answer_malformed_requests_in_json()
 
 
@@ -83,56 +84,79 @@ def pin_host_addresses(addresses: list[str] | None) -> None:
     aioice.ice.get_host_addresses = pinned_addresses
 
 
-def lower_video_decoders(nice: int) -> None:
-    """Run the thread that decodes each received video track lowered by `nice` (0 restores aiortc's own).
-
-    aiortc decodes every frame of every camera (VP8 frames depend on the ones before, so none can be skipped) in
-    a thread per track at normal priority, where under load it competes with the event loop (VAD, speech.end)
-    and transcription. aiortc has no option for it: the module function its receivers start as that thread's
-    target is wrapped; the thread is aiortc's `video-decoder` (audio decoding, on the speech path, is left be)."""
-    if _aiortc_decoder_worker is None:
-        if nice == 0:
-            return
-        raise PatchError(
-            f"aiortc {version('aiortc')} has no rtcrtpreceiver.decoder_worker to wrap, so video.decoder_nice "
-            f"cannot be honoured (stream/patches.py was written for aiortc {WRITTEN_FOR['aiortc']}.x)"
-        )
-    if nice == 0:
-        rtcrtpreceiver.decoder_worker = _aiortc_decoder_worker
+def _decoder_worker(loop: asyncio.AbstractEventLoop, input_q: Any, *args: Any) -> None:
+    """aiortc's decoder thread, but none for an audio receiver whose frames are decoded on the loop."""
+    if isinstance(input_q, AudioDecodedOnLoop):
         return
-    original = _aiortc_decoder_worker
-
-    def decoder_worker(*args: Any, **kwargs: Any) -> None:
-        if threading.current_thread().name.startswith("video"):  # aiortc names it f"{kind}-decoder"
-            lower_this_thread(nice, "video-decoder")
-        original(*args, **kwargs)
-
-    rtcrtpreceiver.decoder_worker = decoder_worker
+    assert _aiortc_decoder_worker is not None
+    _aiortc_decoder_worker(loop, input_q, *args)
 
 
-def set_audio_prefetch(pc: RTCPeerConnection, frames: int) -> None:
-    """Let each audio receiver of `pc` release a frame once `frames` later ones have arrived (aiortc: 4).
+class AudioDecodedOnLoop:
+    """Stands in for an audio receiver's decoder queue: each Opus frame put in is decoded at once, on the event
+    loop, and handed to the track.
+
+    aiortc decodes in a thread per track: every 20 ms frame goes to that thread and back to the loop. When the
+    cores are busy (a neighbour, transcription, cameras), each hop waits for the CPU and for the GIL, and a
+    participant's audio fell 1-2 s behind while the loop itself was mostly idle. Decoding 20 ms of Opus takes tens
+    of microseconds, less than the hops cost."""
+
+    def __init__(self, track_queue: asyncio.Queue[Any], decode_error: threading.Event) -> None:
+        self._out = track_queue
+        self._decode_error = decode_error
+        self._decoder: Any = None
+        self._codec_name: str | None = None
+
+    def put(self, task: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
+        if task is None:  # the receiver stops: the track ends
+            self._out.put_nowait(None)
+            return
+        codec, encoded_frame = task
+        if codec.name != self._codec_name:
+            self._decoder, self._codec_name = get_decoder(codec), codec.name
+        try:
+            frames = self._decoder.decode(encoded_frame)
+        except av.FFmpegError as exc:
+            log.warning("audio frame not decoded (%s): %s", codec.name, exc)
+            self._decode_error.set()
+            return
+        for frame in frames:
+            self._out.put_nowait(frame)
+
+
+def tune_audio_receivers(pc: RTCPeerConnection, prefetch_frames: int) -> None:
+    """Each audio receiver of `pc` decodes on the event loop (AudioDecodedOnLoop) and releases a frame once
+    `prefetch_frames` later ones have arrived (aiortc: 4).
 
     aiortc holds 4 audio frames (80 ms) to smooth playout; analysis plays nothing out, so the wait is only
     latency. Packets are still put in order and a lost one is still waited for; only the extra hold goes.
     Call after setRemoteDescription (which makes the receivers) and before media flows. aiortc has no
-    option for it: its receiver's private buffer is replaced, and a future aiortc without it is logged.
+    option for either: its receiver's private buffer and queue are replaced, and a future aiortc without them
+    is logged and left as it is.
     """
     for transceiver in pc.getTransceivers():
         if transceiver.kind != "audio":
             continue
         receiver = transceiver.receiver
-        if not hasattr(receiver, _JITTER_BUFFER_ATTRIBUTE):
+        names = (_JITTER_BUFFER_ATTRIBUTE, _DECODER_QUEUE_ATTRIBUTE, _DECODER_ERROR_ATTRIBUTE)
+        if not all(hasattr(receiver, name) for name in names) or _aiortc_decoder_worker is None:
             log.warning(
-                "aiortc %s has no audio jitter buffer to tune (stream/patches.py was written for %s.x); "
-                "webrtc.audio_prefetch_frames ignored",
+                "aiortc %s has no audio jitter buffer or decoder queue to tune (stream/patches.py was written "
+                "for %s.x); webrtc.audio_prefetch_frames ignored and audio decoded in aiortc's thread",
                 version("aiortc"),
                 WRITTEN_FOR["aiortc"],
             )
             return
+        rtcrtpreceiver.decoder_worker = _decoder_worker  # type: ignore[assignment]
         setattr(
-            receiver, _JITTER_BUFFER_ATTRIBUTE, JitterBuffer(capacity=_AUDIO_JITTER_CAPACITY, prefetch=frames)
+            receiver,
+            _JITTER_BUFFER_ATTRIBUTE,
+            JitterBuffer(capacity=_AUDIO_JITTER_CAPACITY, prefetch=prefetch_frames),
         )
+        if receiver.track is not None:  # the remote track (made by setRemoteDescription) the frames go to
+            decode_error = getattr(receiver, _DECODER_ERROR_ATTRIBUTE)
+            decoder = AudioDecodedOnLoop(receiver.track._queue, decode_error)  # type: ignore[attr-defined]
+            setattr(receiver, _DECODER_QUEUE_ATTRIBUTE, decoder)
 
 
 def answer_malformed_requests_in_json() -> None:

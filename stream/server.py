@@ -299,7 +299,7 @@ async def answer_offer(pc: RTCPeerConnection, session: ParticipantSession, sdp: 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     except OFFER_ERRORS as exc:
         raise BadOffer(exc) from exc
-    patches.set_audio_prefetch(pc, prefetch)
+    patches.tune_audio_receivers(pc, prefetch)
     if not session.tracks:
         raise BadOffer("the offer carries no audio or video track")
     decline_extra_tracks(pc)
@@ -512,7 +512,7 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
 
     async def start(app: web.Application) -> None:
         # before any peer connection gathers candidates or receives video
-        patches.apply(settings.webrtc.host_addresses, video_decoder_nice=settings.video.decoder_nice)
+        patches.apply(settings.webrtc.host_addresses)
         asr_settings = settings.audio.asr
         loop = asyncio.get_running_loop()
         vad_model = await loop.run_in_executor(None, SileroModel, settings.audio.vad.threads)

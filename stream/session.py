@@ -77,7 +77,7 @@ def build_session(
     interim_s = parts.audio.interim_s if live else None
     interim_emotion_s = emotion.settings.interim_s if emotion is not None and live else None
     faces = (
-        audio.then(ScoreSpeech(parts.vad_model))
+        audio.then(ScoreSpeech(parts.vad_model, context.clock, parts.shedder))
         .then(Segment(context, parts.audio.vad, interim_s, lambda: parts.asr.interim_seconds))
         .then(Transcribe(context, parts.asr, interim_emotion_s, parts.shedder))
         .then(FaceWindows(context, video))

@@ -34,6 +34,7 @@ class SpeechTrack(MediaStreamTrack):
         self._stall = stall
         self.started_at: float | None = None  # monotonic time of sample 0
         self.sent_s = 0.0
+        self.late_s: list[float] = []  # how late each frame was handed to the sender (a busy peer is late)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -46,6 +47,7 @@ class SpeechTrack(MediaStreamTrack):
             self._stall = None
         due = self.started_at + self._index * self._step / self._rate
         await asyncio.sleep(max(0.0, due - time.monotonic()))
+        self.late_s.append(max(0.0, time.monotonic() - due))
         begin = self._index * self._step
         chunk = self._pcm[begin : begin + self._step]
         if len(chunk) < self._step:
@@ -158,6 +160,9 @@ class Peer:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.session: str | None = None
+        # (monotonic time, RTP timestamp at 48 kHz) of each audio packet as it went on the wire: on a busy
+        # machine the peer's own sending can run late, which is not the server's doing
+        self.audio_sends: list[tuple[float, int]] = []
 
     async def join(self, audio: MediaStreamTrack | None, video: MediaStreamTrack | None = None) -> None:
         for track in (audio, video):
@@ -186,7 +191,22 @@ class Peer:
                     raise RuntimeError(f"offer refused: {response.status} {answer}")
         self.session = answer["session"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        self._watch_audio_sends()  # the transports are final now, and no media has gone yet
         await asyncio.wait_for(connected.wait(), 10)
+
+    def _watch_audio_sends(self) -> None:
+        audio = [sender for sender in self.pc.getSenders() if sender.kind == "audio"]
+        if not audio:
+            return
+        transport, ssrc = audio[0].transport, audio[0]._ssrc.to_bytes(4, "big")
+        send_rtp = transport._send_rtp
+
+        async def record(data: bytes) -> None:
+            await send_rtp(data)
+            if len(data) >= 12 and not 72 <= data[1] & 0x7F <= 76 and data[8:12] == ssrc:  # RTP, not RTCP
+                self.audio_sends.append((time.monotonic(), int.from_bytes(data[4:8], "big")))
+
+        transport._send_rtp = record  # type: ignore[method-assign]
 
     async def leave(self) -> None:
         await self.pc.close()

@@ -74,10 +74,10 @@ async def test_a_failure_to_build_the_session_is_a_500_logged_with_its_call(
 async def test_a_failure_after_the_offer_was_read_is_a_500_and_leaves_no_session(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_prefetch(pc: RTCPeerConnection, frames: int) -> None:
-        raise RuntimeError("prefetch broke")
+    def broken_tuning(pc: RTCPeerConnection, frames: int) -> None:
+        raise RuntimeError("tuning broke")
 
-    monkeypatch.setattr(patches, "set_audio_prefetch", broken_prefetch)
+    monkeypatch.setattr(patches, "tune_audio_receivers", broken_tuning)
     response = await client.post("/offer", json=offer_body(await audio_offer()))
     assert response.status == 500 and (await response.json())["error"]["code"] == "internal"
     assert client.app[server.SERVICES].sessions == {}

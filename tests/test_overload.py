@@ -1,27 +1,25 @@
-"""What overload sheds, and when: the shedding decision fed made-up lags, the face frames it thins, the interim
-updates it skips, the event loop's lag measured, and the threads that yield to the event loop."""
+"""What overload sheds, and when: the shedding decision fed made-up lags, the audio lag the VAD reports, the face
+frames it thins, the interim updates it skips, and the event loop's lag measured."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
-import threading
 import time
-from collections.abc import Iterator
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
-from aiortc import rtcrtpreceiver
 
-from stream import metrics, patches
+from stream import metrics
 from stream.audio.asr import TranscriptionService
+from stream.audio.resample import PcmChunk
+from stream.audio.vad import SileroModel
+from stream.clock import FileClock, LiveClock
 from stream.config import VadSettings, VideoSettings
 from stream.overload import MIN_FACE_SHARE, FrameShare, Shedder, watch_loop_lag
 from stream.pipeline import EndOfStream
-from stream.stages.speech import Segment
+from stream.stages.speech import ScoreSpeech, Segment
 from stream.stages.transcribe import Transcribe
 from stream.video.stage import VideoAnalysis
 from tests.test_pipeline import Events, RecordingTranscriber, feed_speech
@@ -46,6 +44,37 @@ def test_a_late_loop_halves_the_face_share_down_to_a_floor_and_calm_ticks_give_i
     for _ in range(20):
         shedder.observe(0.0)
     assert shedder.face_share == 1.0 and shedder.interim_allowed
+
+
+def test_late_audio_sheds_though_the_loop_is_on_time_and_each_tick_reads_its_own_worst() -> None:
+    shedder = Shedder(0.1)
+    for lag in (0.02, 0.35, 0.05):  # three chunks of some participant's audio since the last tick
+        shedder.note_audio_lag(lag)
+    shedder.tick(0.001)  # the loop's own timer was on time
+    assert shedder.face_share == 0.5
+    shedder.tick(0.001)  # nothing late since: calm, the share starts to come back
+    assert shedder.face_share == pytest.approx(0.55)
+
+
+async def test_the_vad_tells_the_shedder_how_late_a_live_participants_audio_comes() -> None:
+    clock = LiveClock()
+    clock.track_offset(0.0)
+    assert clock.start is not None
+    clock.start -= 1.0  # the first frame came a second ago: audio from t = 0 now is ~1 s late
+    shedder = Shedder(0.1)
+    stage = ScoreSpeech(SileroModel(), clock, shedder)
+    before = metrics.REGISTRY.get_sample_value("microemo_audio_lag_seconds_count") or 0.0
+    await stage.process(PcmChunk(0.0, np.zeros(1024, dtype=np.float32)))
+    assert (metrics.REGISTRY.get_sample_value("microemo_audio_lag_seconds_count") or 0.0) - before == 2
+    shedder.tick(0.0)
+    assert shedder.shedding
+    # a file's clock is not real time: nothing measured, nothing shed
+    file_shedder = Shedder(0.1)
+    await ScoreSpeech(SileroModel(), FileClock(), file_shedder).process(
+        PcmChunk(0.0, np.zeros(1024, dtype=np.float32))
+    )
+    file_shedder.tick(0.0)
+    assert not file_shedder.shedding
 
 
 def test_face_frames_are_thinned_evenly_to_the_share_and_each_shed_one_is_counted() -> None:
@@ -117,37 +146,3 @@ async def test_a_blocked_event_loop_is_measured_and_sheds_face_frames() -> None:
         assert total > ticks_before and total > late  # the late tick is counted past 200 ms
     finally:
         watcher.cancel()
-
-
-def niceness(thread: threading.Thread) -> int:
-    assert thread.native_id is not None
-    return os.getpriority(os.PRIO_PROCESS, thread.native_id)
-
-
-@pytest.fixture
-def restore_video_decoders() -> Iterator[None]:
-    yield
-    patches.lower_video_decoders(0)
-
-
-async def test_video_decoder_threads_yield_and_audio_ones_do_not(restore_video_decoders: None) -> None:
-    patches.apply(None, video_decoder_nice=7)
-    loop, base = asyncio.get_running_loop(), os.getpriority(os.PRIO_PROCESS, 0)
-    decoders = {}
-    for kind in ("video", "audio"):  # as aiortc's receiver starts them, a thread per track
-        tasks: queue.Queue[None] = queue.Queue()
-        thread = threading.Thread(
-            target=rtcrtpreceiver.decoder_worker,
-            name=f"{kind}-decoder",
-            args=(loop, tasks, asyncio.Queue(), threading.Event()),
-        )
-        thread.start()
-        decoders[kind] = (thread, tasks)
-    await asyncio.sleep(0.05)  # both wait for their first encoded frame now
-    assert niceness(decoders["video"][0]) == min(19, base + 7)
-    assert niceness(decoders["audio"][0]) == base
-    for thread, tasks in decoders.values():
-        tasks.put(None)  # the track ends
-        await asyncio.to_thread(thread.join)
-    patches.lower_video_decoders(0)
-    assert rtcrtpreceiver.decoder_worker.__module__ == "aiortc.rtcrtpreceiver"  # aiortc's own again

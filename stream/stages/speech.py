@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from stream import metrics
 from stream.audio.resample import SAMPLE_RATE, PcmChunk, Resampler
 from stream.audio.segmenter import (
     ClosedUtterance,
@@ -23,6 +24,7 @@ from stream.audio.vad import SileroModel
 from stream.clock import MediaClock
 from stream.config import VadSettings
 from stream.events import SpeechEnd, SpeechStart
+from stream.overload import Shedder
 from stream.pipeline import EndOfStream, MediaStalled, ParticipantContext, Processor
 
 _SPEECH_HISTORY = 4096  # VAD chunks (~130 s) whose speech probabilities are kept for the utterances to come
@@ -78,10 +80,16 @@ class ScoreSpeech(Processor[PcmChunk | MediaStalled, ScoredChunk | MediaStalled]
     """Chunks of any length → 32 ms chunks with their speech probability (silero, cheap enough for the loop).
     A stall starts the VAD afresh: its state and part-chunk belong to audio that no longer continues."""
 
-    def __init__(self, model: SileroModel) -> None:
+    def __init__(
+        self, model: SileroModel, clock: MediaClock | None = None, shedder: Shedder | None = None
+    ) -> None:
+        """clock: a live participant's, to measure how late the audio comes (microemo_audio_lag_seconds),
+        which the shedder is told (late audio sheds other work)."""
         super().__init__()
         self._model = model
         self._vad = model.stream()
+        self._clock = clock if clock is not None and clock.realtime else None
+        self._shedder = shedder
 
     async def process(self, frame: PcmChunk | MediaStalled | EndOfStream) -> None:
         if isinstance(frame, MediaStalled):
@@ -90,6 +98,12 @@ class ScoreSpeech(Processor[PcmChunk | MediaStalled, ScoredChunk | MediaStalled]
             await self.push(frame)
             return
         for chunk, speech_prob in self._vad.push(frame):
+            if self._clock is not None:
+                lag = self._clock.since_media_time(chunk.t + len(chunk.samples) / SAMPLE_RATE)
+                if lag is not None:
+                    metrics.AUDIO_LAG.observe(max(0.0, lag))
+                    if self._shedder is not None:
+                        self._shedder.note_audio_lag(lag)
             await self.push(ScoredChunk(chunk.t, chunk.samples, speech_prob))
 
 
