@@ -4,24 +4,27 @@ frames it thins, the interim updates it skips, and the event loop's lag measured
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from stream import metrics
+from stream import metrics, server
 from stream.audio.asr import TranscriptionService
 from stream.audio.resample import PcmChunk
 from stream.audio.vad import SileroModel
 from stream.clock import FileClock, LiveClock
-from stream.config import VadSettings, VideoSettings
+from stream.config import Settings, VadSettings, VideoSettings
 from stream.overload import MIN_FACE_SHARE, FrameShare, Shedder, watch_loop_lag
 from stream.pipeline import EndOfStream
 from stream.stages.speech import ScoreSpeech, Segment
 from stream.stages.transcribe import Transcribe
 from stream.video.stage import VideoAnalysis
+from tests.test_offer_errors import SETTINGS, SilentTranscriber
 from tests.test_pipeline import Events, RecordingTranscriber, feed_speech
 
 
@@ -146,3 +149,12 @@ async def test_a_blocked_event_loop_is_measured_and_sheds_face_frames() -> None:
         assert total > ticks_before and total > late  # the late tick is counted past 200 ms
     finally:
         watcher.cancel()
+
+
+async def test_the_models_loaded_at_start_are_frozen_out_of_the_collectors_full_passes() -> None:
+    gc.unfreeze()
+    app = server.create_app(Settings.model_validate(SETTINGS), transcriber=SilentTranscriber())
+    async with TestClient(TestServer(app)):
+        frozen = gc.get_freeze_count()
+        assert frozen > 10_000  # the models' objects: a full pass no longer walks them under load
+        assert gc.isenabled()  # garbage made while calls run is still collected
