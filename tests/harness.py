@@ -114,13 +114,18 @@ class ServerProcess:
 
 
 class Mosquitto:
-    """A real mosquitto broker on a free loopback port; restartable on the same port."""
+    """A real mosquitto broker on a free loopback port; restartable on the same port. With `persistence`, the
+    sessions of subscribers that asked for one (and their subscriptions and queued messages) outlive a restart."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistence: bool = False) -> None:
         self.port = free_port()
         self.config = workdir / "mosquitto.conf"
+        stored = "persistence false\n"
+        if persistence:  # started as root, mosquitto would save as its own user, who may not enter workdir
+            stored = f"persistence true\npersistence_location {workdir}/\n"
+            stored += "user root\n" if os.geteuid() == 0 else ""
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{stored}log_dest stderr\n"
         )
         self.log_path = workdir / "mosquitto.log"
         self.process: subprocess.Popen[bytes] | None = None
