@@ -53,7 +53,7 @@ class VideoFrames(Processor[av.VideoFrame | MediaStalled, None]):
         super().__init__()
         self._context = context
         self._settings = settings
-        self._shedder = shedder  # thins the analysed frames while the event loop lags
+        self._shedder = shedder  # thins the analysed frames while speech runs late
         self._whole_frames = whole_frames  # kept only when the LLM stage's visual encoder will read them
         self.analysis: VideoAnalysis | None = None
         self._first_pts_s: float | None = None

@@ -43,7 +43,7 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
     Speech still going on (SpeechSoFar) is transcribed only when the ASR is idle, and published as an interim
     utterance (final: false); one in `interim_emotion_s` of speech is also passed on for an interim face and
     emotion. Interim work never waits ahead of closed utterances: when the ASR is busy it is skipped (counted),
-    and one whose utterance has closed meanwhile is dropped. While `shedder` sheds work (the event loop lags),
+    and one whose utterance has closed meanwhile is dropped. While `shedder` sheds work (speech runs late),
     none is started (counted as shed).
     """
 

@@ -90,8 +90,9 @@ class VideoAnalysis:
     worker. When the worker falls behind, the oldest queued frames are dropped and counted.
 
     Participants share `max_total_fps`: each samples at min(analysis_fps, max_total_fps / participants).
-    The worker runs at `nice`, so that under load speech recognition keeps its pace and video gives way; while
-    the event loop lags, `shedder` thins the sampled frames further (stream/overload.py; counted in `shed`).
+    The worker runs at `nice` (0 by default: a niced thread holding the GIL stalls the event loop); while speech
+    runs late (the loop, or the audio at the VAD), `shedder` thins the sampled frames further
+    (stream/overload.py; counted in `shed`).
 
     With `whole_frames` (only when a visual encoder serves the LLM stage) the buffer also keeps whole frames,
     downsized, on a grid of their own at whole_frames.fps (training's), for the same buffer_s, whatever the
