@@ -97,29 +97,33 @@ LAG_BUCKETS = ("0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1.0", "2.0", "5.0")
 AUDIO_LAG_BUCKETS = ("0.01", "0.02", "0.05", "0.1", "0.15", "0.2", "0.3", "0.5", "1.0", "2.0", "5.0")
 
 
+def p95_bucket_ms(within: dict[str, float], count: float) -> int | str:
+    """The upper bound (ms) of the histogram bucket holding p95, from cumulative bucket counts; "inf" past all."""
+    p95 = next((le for le, n in within.items() if n >= 0.95 * count), "inf")
+    return p95 if p95 == "inf" else round(1000 * float(p95))
+
+
 def audio_lag(delta: dict[str, float]) -> dict[str, Any] | None:
     """How late audio reached the server's VAD over a run (from its histogram): the mean, the bucket holding p95."""
     count = delta["microemo_audio_lag_seconds_count"]
     if not count:
         return None
     within = {le: delta[f'microemo_audio_lag_seconds_bucket{{le="{le}"}}'] for le in AUDIO_LAG_BUCKETS}
-    p95 = next((le for le, n in within.items() if n >= 0.95 * count), "inf")
     return {
         "mean_ms": round(1000 * delta["microemo_audio_lag_seconds_sum"] / count),
-        "p95_at_most_ms": p95 if p95 == "inf" else round(1000 * float(p95)),
+        "p95_at_most_ms": p95_bucket_ms(within, count),
     }
 
 
 def loop_lag(delta: dict[str, float]) -> dict[str, Any] | None:
     """The server's event-loop lag over a run, from its histogram: the bucket holding p95 and the share of ticks
-    late by 50 ms or more (the shedding threshold)."""
+    late by 50 ms or more."""
     count = delta["microemo_loop_lag_seconds_count"]
     if not count:
         return None  # a server without the measurement
     within = {le: delta[f'microemo_loop_lag_seconds_bucket{{le="{le}"}}'] for le in LAG_BUCKETS}
-    p95 = next((le for le, n in within.items() if n >= 0.95 * count), "inf")
     return {
-        "p95_at_most_ms": p95 if p95 == "inf" else round(1000 * float(p95)),
+        "p95_at_most_ms": p95_bucket_ms(within, count),
         "late_50ms_percent": round(100 * (count - within["0.05"]) / count, 1),
     }
 
