@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from stream.config import load_settings
-from tests.harness import ROOT, EventLog, ServerProcess, _die_with_parent, events_url
+from tests.harness import ROOT, EventLog, ServerProcess, _die_with_parent, children_of, events_url
 from tests.media import SPEECH_RATE, Speech, compose, compose_turns, word_error_rate
 from tests.peer import EncodedVideoTrack, Peer, SpeechTrack, encode_vp8
 from tests.synth import render_clip
@@ -163,6 +163,13 @@ class ThreadCpu:
         self._sample(first=True)
 
     def _sample(self, first: bool = False) -> None:
+        for child in children_of(self._pid):  # the face-analysis processes, each as one
+            try:
+                cpu, nice = proc_cpu_seconds(f"/proc/{child}/stat")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            self._start.setdefault(-child, cpu if first else 0.0)
+            self._last[-child] = ("face process", cpu, nice)
         for entry in os.listdir(f"/proc/{self._pid}/task"):
             tid = int(entry)
             try:
@@ -331,7 +338,7 @@ async def run_concurrent(
         "wer": round(float(np.mean([r["wer"][0] for r in results])), 3),
         "server_cpu_percent": round(100 * (cpu1 - cpu0) / (wall1 - wall0)),
         "peers_cpu_percent": round(100 * (own1 - own0) / (wall1 - wall0)),
-        "peak_rss_mb": round(server.read_proc("VmHWM") / 1024),
+        "peak_rss_mb": round(server.read_proc("VmHWM", children=True) / 1024),
         "cpu_hog": cpu_hog,
         "hog_cpu_percent": round(100 * (hog1 - hog0) / (wall1 - wall0)),
         "server_loop_lag": loop_lag({name: delta(name) for name in after}),
@@ -364,7 +371,9 @@ async def long_call(server: ServerProcess, seconds: float, frames: list[bytes] |
         samples_mb: list[tuple[float, float]] = []
         while audio.sent_s < seconds:
             await asyncio.sleep(10)
-            samples_mb.append((round(audio.sent_s), round(server.read_proc("VmRSS") / 1024, 1)))
+            samples_mb.append(
+                (round(audio.sent_s), round(server.read_proc("VmRSS", children=True) / 1024, 1))
+            )
         await peer.leave()
         await events.wait_for("participant.leave", timeout=60)
     rss = [mb for _, mb in samples_mb]
@@ -397,10 +406,12 @@ async def join_leave_cycles(
             await asyncio.sleep(0.02)
         await peer.leave()
         await asyncio.sleep(0.3)
-        rss.append(server.read_proc("VmRSS") / 1024)
-        threads.append(len(os.listdir(f"/proc/{server.process.pid}/task")))
+        rss.append(server.read_proc("VmRSS", children=True) / 1024)
+        threads.append(
+            sum(len(os.listdir(f"/proc/{pid}/task")) for pid in [server.process.pid, *server.children()])
+        )
     await asyncio.sleep(idle_s)
-    idle = server.read_proc("VmRSS") / 1024
+    idle = server.read_proc("VmRSS", children=True) / 1024
     return {
         "cycles": cycles,
         "video": frames is not None,

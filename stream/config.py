@@ -143,6 +143,9 @@ class VideoSettings(Section):
     # Niceness added to the face-analysis threads (Linux). 0: measured, a niced thread that holds the GIL stalls
     # the event loop whenever the CPU is busy (README "Speech first"); overload sheds face frames instead.
     nice: int = Field(0, ge=0, le=19)
+    # Child processes that run the face models (stream/video/process.py): outside the server's GIL, face analysis
+    # cannot hold up the event loop. 0: in the server's own threads (as `microemo analyze` does).
+    processes: int = Field(1, ge=0)
     queue_frames: int = Field(8, ge=1)  # frames waiting for analysis; the oldest are dropped beyond
     max_width: int = Field(640, ge=64)  # larger frames are scaled down before analysis
     backend: Literal["mediapipe", "insightface"] = "mediapipe"

@@ -43,6 +43,11 @@ FACE_FAILURES = Counter(
     "Video frames whose face analysis raised (the frame was skipped)",
     registry=REGISTRY,
 )
+FACE_PROCESSES_LOST = Counter(
+    "microemo_face_processes_lost_total",
+    "Face-analysis child processes that died or hung and were replaced (stream/video/process.py)",
+    registry=REGISTRY,
+)
 STAGE_SECONDS = Histogram(
     "microemo_stage_seconds",
     "Compute time of one run of a stage (faces: per analysed frame)",

@@ -36,6 +36,7 @@ from stream.overload import Shedder, watch_loop_lag
 from stream.session import ParticipantSession, PipelineParts, build_session
 from stream.stages.reactions import Listeners
 from stream.video.faces import make_face_analyzer
+from stream.video.process import FaceProcesses
 from stream.video.stage import FACE_HEALTH
 from stream.webrtc import rtc_configuration
 
@@ -59,6 +60,7 @@ class Services:
     listeners: Listeners = field(default_factory=Listeners)  # who else in each call may react
     shedder: Shedder | None = None  # what overload sheds, from the event loop's lag (None: nothing)
     loop_lag: asyncio.Task[None] | None = None  # measures that lag (in /metrics) and tells the shedder
+    face_processes: FaceProcesses | None = None  # where the face models run (None: in the analysis threads)
     # each events websocket with its connection, aborted when the client will not take a close frame
     websockets: dict[web.WebSocketResponse, asyncio.Transport | None] = field(default_factory=dict)
 
@@ -276,6 +278,7 @@ def new_session(
         services.emotion,
         services.listeners,
         services.shedder,
+        services.face_processes,
     )
     session = build_session(
         parts, call=call, participant=participant, session_id=session_id, pc=pc, on_closed=services.forget
@@ -521,7 +524,14 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         if chosen is None:
             chosen = await loop.run_in_executor(None, make_transcriber, asr_settings)
         asr = TranscriptionService(chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size)
-        if settings.video.enabled:  # a missing face model stops start-up here, not in the first call
+        face_processes = None
+        if (
+            settings.video.enabled and settings.video.processes
+        ):  # a face model that cannot load stops start-up
+            face_processes = await loop.run_in_executor(
+                None, FaceProcesses, settings.video, settings.video.processes
+            )
+        elif settings.video.enabled:  # here, not in the first call
             await loop.run_in_executor(None, check_face_model, settings.video)
         services = Services(
             settings,
@@ -531,6 +541,7 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
             asr,
             OfferLimits(settings.webrtc),
         )
+        services.face_processes = face_processes
         services.admission = Admission(settings.server.max_participants, settings.server.retry_after_s)
         if settings.server.shed_lag_ms is not None:
             services.shedder = Shedder(settings.server.shed_lag_ms / 1000)
@@ -570,6 +581,8 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         if services.loop_lag is not None:
             services.loop_lag.cancel()
         await services.asr.close()
+        if services.face_processes is not None:
+            await asyncio.to_thread(services.face_processes.close)
         if services.emotion:
             await services.emotion.release_loop()
             services.emotion.close()

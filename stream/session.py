@@ -26,6 +26,7 @@ from stream.stages.faces import FaceWindows, VideoFrames
 from stream.stages.reactions import Listener, Listeners, React
 from stream.stages.speech import Resample, ScoreSpeech, Segment
 from stream.stages.transcribe import Transcribe
+from stream.video.process import FaceProcesses
 
 log = logging.getLogger(__name__)
 _DRAIN_TIMEOUT_S = 0.5
@@ -44,6 +45,7 @@ class PipelineParts:
     emotion: EmotionStage | None
     listeners: Listeners | None = None
     shedder: Shedder | None = None  # what a live server sheds under overload (None: nothing, as for a file)
+    face_processes: FaceProcesses | None = None  # where face models run (None: in this process's threads)
 
 
 def build_session(
@@ -70,7 +72,7 @@ def build_session(
     video = None
     if parts.video.enabled:
         whole_frames = emotion.whole_frames if emotion is not None else None
-        video = VideoFrames(context, parts.video, whole_frames, parts.shedder)
+        video = VideoFrames(context, parts.video, whole_frames, parts.shedder, parts.face_processes)
     audio = Resample(context.clock)
     # Interim updates and stalls are about live media: a file is read faster than it was spoken, and never stalls
     live = context.clock.realtime

@@ -91,16 +91,20 @@ class ServerProcess:
         context.verify_mode = ssl.CERT_NONE
         return context
 
-    def read_proc(self, field: str) -> int:
-        """A kB figure from /proc/<pid>/status, e.g. VmRSS or VmHWM (peak RSS)."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise KeyError(field)
+    def children(self) -> list[int]:
+        """The server's child processes now (its face-analysis processes)."""
+        return children_of(self.process.pid)
+
+    def read_proc(self, field: str, children: bool = False) -> int:
+        """A kB figure from /proc/<pid>/status, e.g. VmRSS or VmHWM (peak RSS); with `children`, summed over the
+        server and its child processes (the face models run there)."""
+        return sum(
+            _status_kb(pid, field) for pid in [self.process.pid, *(self.children() if children else [])]
+        )
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time of the server and of its live child processes."""
+        return sum(process_cpu_seconds(pid) for pid in [self.process.pid, *self.children()])
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)
@@ -268,3 +272,34 @@ def assert_call_events_valid(
         validator.validate(message)
     seqs = [m["seq"] for m in messages if "seq" in m]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"seq has gaps or reorders: {seqs}"
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of `pid` now."""
+    pids: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            pids += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+    return pids
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except FileNotFoundError:
+        return 0  # a child that ended meanwhile
+    for line in lines:
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads); 0 for one that ended meanwhile."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -66,11 +66,11 @@ def bearer(token: str = PUBLISHER) -> dict[str, str]:
 
 
 def threads_of(server: ServerProcess) -> int:
-    return len(os.listdir(f"/proc/{server.process.pid}/task"))
+    return sum(len(os.listdir(f"/proc/{pid}/task")) for pid in [server.process.pid, *server.children()])
 
 
 def rss_mb(server: ServerProcess) -> float:
-    return server.read_proc("VmRSS") / 1024
+    return server.read_proc("VmRSS", children=True) / 1024
 
 
 # Threads that come and go by themselves (idle executor workers, a decoder's pool freed with its last frame); a
@@ -350,6 +350,27 @@ async def test_a_camera_and_a_screen_share_leave_nothing_behind(
         await call_with_screen_share(f"both{i}")
     assert threads_of(hostile) <= threads + THREAD_MARGIN
     assert rss_mb(hostile) < rss + 60
+
+
+# -- 3: join/leave with video ---------------------------------------------------------------------
+async def test_ten_joins_and_leaves_with_a_camera_grow_memory_by_at_most_5_percent(
+    hostile: ServerProcess, speech: Speech
+) -> None:
+    async def call_with_camera(name: str) -> None:
+        peer = Peer(hostile.url, "call-cycles", name, token=PUBLISHER)
+        await peer.join(SpeechTrack(speech.samples[: SPEECH_RATE * 2], SPEECH_RATE), PatternTrack())
+        await asyncio.sleep(2)
+        await peer.leave()
+        await wait_until_participants(hostile, 0, 15)
+
+    for i in range(2):  # what the first calls load stays loaded
+        await call_with_camera(f"warm{i}")
+    await asyncio.sleep(1)
+    rss = rss_mb(hostile)  # the server and its face-analysis process
+    for i in range(10):
+        await call_with_camera(f"cycle{i}")
+    await asyncio.sleep(1)
+    assert rss_mb(hostile) <= rss * 1.05
 
 
 # -- 2: offers that never connect ----------------------------------------------------------------

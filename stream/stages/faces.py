@@ -18,6 +18,7 @@ from stream.pipeline import EndOfStream, MediaStalled, ParticipantContext, Proce
 from stream.stages.speech import pts_seconds
 from stream.stages.transcribe import HeardUtterance
 from stream.video.micro import FaceWindow
+from stream.video.process import FaceProcesses
 from stream.video.stage import VideoAnalysis, WholeFrames
 
 CATCH_UP_S = 1.0  # how long an utterance's face window waits for frames still in analysis
@@ -49,11 +50,13 @@ class VideoFrames(Processor[av.VideoFrame | MediaStalled, None]):
         settings: VideoSettings,
         whole_frames: WholeFrames | None,
         shedder: Shedder | None = None,
+        processes: FaceProcesses | None = None,
     ) -> None:
         super().__init__()
         self._context = context
         self._settings = settings
         self._shedder = shedder  # thins the analysed frames while speech runs late
+        self._processes = processes  # the face models run there (None: in the analysis thread)
         self._whole_frames = whole_frames  # kept only when the LLM stage's visual encoder will read them
         self.analysis: VideoAnalysis | None = None
         self._first_pts_s: float | None = None
@@ -71,7 +74,13 @@ class VideoFrames(Processor[av.VideoFrame | MediaStalled, None]):
 
         name = f"{context.call}/{context.participant}"
         self.analysis = await asyncio.to_thread(
-            VideoAnalysis, self._settings, name, self._whole_frames, failed, shedder=self._shedder
+            VideoAnalysis,
+            self._settings,
+            name,
+            self._whole_frames,
+            failed,
+            shedder=self._shedder,
+            processes=self._processes,
         )
 
     async def process(self, frame: av.VideoFrame | MediaStalled | EndOfStream) -> None:

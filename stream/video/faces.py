@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import importlib.util
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stream.video.signals import aligned_crop, five_points, pose_from_matrix
+from stream.video.signals import FaceSignals, aligned_crop, five_points, pose_from_matrix
 
 UNTRACKED = -1
 
@@ -28,6 +29,9 @@ class FaceObservation:
     blendshapes: dict[str, float] | None = None
     aligned: np.ndarray | None = None  # (S, S, 3) uint8 aligned face crop
     pose: tuple[float, float, float] | None = None  # yaw, pitch, roll degrees, where the backend measures it
+    signals: FaceSignals | None = (
+        None  # computed with the landmarks where they are found (stream/video/process.py)
+    )
 
 
 class FaceAnalyzer(Protocol):
@@ -363,3 +367,24 @@ def _rolling_std(t: np.ndarray, values: np.ndarray, window_s: float) -> np.ndarr
     lo = np.searchsorted(t, t - half, side="left")
     hi = np.searchsorted(t, t + half, side="right")
     return np.array([values[a:b].std() for a, b in zip(lo, hi, strict=True)])
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the C heap back to the system (glibc keeps it otherwise).
+
+    A face model and its buffers, allocated per participant from several threads, leave the freed pages in
+    glibc's per-thread arenas; without this, every join/leave with video left the process ~15-20 MB larger."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()

@@ -312,7 +312,7 @@ class MicroExpressionBuffer:
 
     def push(self, obs: FaceObservation) -> None:
         """One tracked face of an analysed frame (obs.track assigned by FaceTracker)."""
-        signals = face_signals(obs.landmarks, obs.blendshapes, obs.pose)
+        signals = obs.signals or face_signals(obs.landmarks, obs.blendshapes, obs.pose)
         with self._lock:
             self._mark(obs.t)
             buffer = self._tracks.get(obs.track)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -18,8 +17,15 @@ from stream import metrics
 from stream.config import VideoSettings
 from stream.overload import FrameShare, Shedder
 from stream.threads import lower_this_thread
-from stream.video.faces import FaceAnalyzer, FaceTracker, choose_speaker, make_face_analyzer
+from stream.video.faces import (
+    FaceAnalyzer,
+    FaceTracker,
+    choose_speaker,
+    make_face_analyzer,
+    release_freed_memory,
+)
 from stream.video.micro import FaceWindow, MicroExpressionBuffer
+from stream.video.process import FaceProcesses
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +98,9 @@ class VideoAnalysis:
     Participants share `max_total_fps`: each samples at min(analysis_fps, max_total_fps / participants).
     The worker runs at `nice` (0 by default: a niced thread holding the GIL stalls the event loop); while speech
     runs late (the loop, or the audio at the VAD), `shedder` thins the sampled frames further
-    (stream/overload.py; counted in `shed`).
+    (stream/overload.py; counted in `shed`). With `processes` the face models (and each face's signals) run in a
+    child process (stream/video/process.py), and the worker only converts frames, tracks faces and fills the
+    buffer.
 
     With `whole_frames` (only when a visual encoder serves the LLM stage) the buffer also keeps whole frames,
     downsized, on a grid of their own at whole_frames.fps (training's), for the same buffer_s, whatever the
@@ -113,8 +121,10 @@ class VideoAnalysis:
         on_failure: Callable[[str], None] | None = None,
         health: FaceHealth = FACE_HEALTH,
         shedder: Shedder | None = None,
+        processes: FaceProcesses | None = None,
     ) -> None:
         self._settings = settings
+        self._processes = processes
         self._share = FrameShare(shedder)
         self._name = name
         self._on_failure = on_failure
@@ -230,9 +240,12 @@ class VideoAnalysis:
     def _work(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
             lower_this_thread(self._settings.nice, "face-analysis")
-            self._analyzer = make_face_analyzer(
-                self._settings.backend, self._settings.model_path, self._settings.num_faces
-            )
+            if self._processes is not None:
+                self._analyzer = self._processes.analyzer()
+            else:
+                self._analyzer = make_face_analyzer(
+                    self._settings.backend, self._settings.model_path, self._settings.num_faces
+                )
         except BaseException as exc:  # handed to the constructor, which raises it
             failure.append(exc)
             return
@@ -301,24 +314,3 @@ class VideoAnalysis:
             self._analyzer.close()
             self._analyzer = None
         release_freed_memory()
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by the C heap back to the system (glibc keeps it otherwise).
-
-    A face model and its buffers, allocated per participant from several threads, leave the freed pages in
-    glibc's per-thread arenas; without this, every join/leave with video left the process ~15-20 MB larger."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc() -> Any:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # noqa: B018 - glibc only
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _load_libc()
