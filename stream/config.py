@@ -140,9 +140,10 @@ class VideoSettings(Section):
     # Frames analysed per second by the whole server, shared evenly by the participants sending video: past
     # analysis_fps × participants it lowers each one's rate instead of starving speech recognition.
     max_total_fps: float = Field(40.0, gt=0)
-    # Niceness added to the face-analysis threads (Linux). 0: measured, a niced thread that holds the GIL stalls
-    # the event loop whenever the CPU is busy (README "Speech first"); overload sheds face frames instead.
-    nice: int = Field(0, ge=0, le=19)
+    # Niceness of the face-analysis processes (Linux): when the cores are full, face analysis gets what the event
+    # loop, transcription and emotion leave (README "Speech first"). Threads are never niced: a niced thread that
+    # holds the GIL stalls the event loop whenever the CPU is busy (measured).
+    nice: int = Field(10, ge=0, le=19)
     # Child processes that run the face models (stream/video/process.py): outside the server's GIL, face analysis
     # cannot hold up the event loop. 0: in the server's own threads (as `microemo analyze` does).
     processes: int = Field(1, ge=0)

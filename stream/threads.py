@@ -1,24 +1,20 @@
-"""Niceness and names of the service's worker threads: under load, speech (the event loop) comes first."""
+"""Names of the service's worker threads, as top -H shows them."""
 
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
 from typing import Any
 
 _PR_SET_NAME = 15  # prctl(2): the calling thread's name, as top -H and /proc/<pid>/task/<tid>/comm show it
 
 
-def lower_this_thread(nice: int, name: str | None = None) -> None:
-    """Add `nice` to the calling thread's niceness and give it `name` (15 characters at most are kept).
+def name_this_thread(name: str) -> None:
+    """Give the calling thread `name` (15 characters at most are kept), as top -H and /proc show it; threads it
+    starts later (a model's compute pool) inherit it.
 
-    Linux sets niceness and names per thread, and a thread started later from this one inherits both: a model's
-    compute pool made here runs at this niceness, and shows under this name, too."""
-    if nice and hasattr(os, "setpriority"):
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
-    if name and _PRCTL is not None:
+    No thread is niced: a niced thread preempted while it holds the GIL stalls the event loop (README "Speech
+    first"); what should yield the CPU runs in a process of its own (the face models, stream/video/process.py)."""
+    if _PRCTL is not None:
         _PRCTL(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 

@@ -161,3 +161,13 @@ def test_no_child_outlives_a_server_that_is_killed() -> None:
         assert wait_gone(child, 10)
     finally:
         server.kill()
+
+
+def test_the_face_process_runs_at_the_configured_niceness() -> None:
+    faces = FaceProcesses(VideoSettings(nice=7), 1)
+    try:
+        child = faces.processes[0].pid
+        assert child is not None
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
+    finally:
+        faces.close()

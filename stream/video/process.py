@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 import pickle
 import signal
 import socket
@@ -76,7 +77,7 @@ class FaceProcess:
         parent, child = socket.socketpair()
         settings = self._settings
         command = [sys.executable, "-m", "stream.video.process", str(child.fileno()), settings.backend]
-        command += [settings.model_path or "", str(settings.num_faces)]
+        command += [settings.model_path or "", str(settings.num_faces), str(settings.nice)]
         with child:
             process = subprocess.Popen(command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
         self._process, self._conn, self._started_at = process, parent, time.monotonic()
@@ -301,5 +302,6 @@ def _picklable(exc: BaseException) -> BaseException:
 
 
 if __name__ == "__main__":  # started by FaceProcess: fd backend model_path num_faces
-    fd, backend_arg, model_arg, faces_arg = sys.argv[1:5]
+    fd, backend_arg, model_arg, faces_arg, nice_arg = sys.argv[1:6]
+    os.nice(int(nice_arg))  # a process of its own: niced, it yields the CPU without holding the server's GIL
     serve(socket.socket(fileno=int(fd)), backend_arg, model_arg or None, int(faces_arg))

@@ -16,7 +16,7 @@ import numpy as np
 from stream import metrics
 from stream.config import VideoSettings
 from stream.overload import FrameShare, Shedder
-from stream.threads import lower_this_thread
+from stream.threads import name_this_thread
 from stream.video.faces import (
     FaceAnalyzer,
     FaceTracker,
@@ -96,11 +96,11 @@ class VideoAnalysis:
     worker. When the worker falls behind, the oldest queued frames are dropped and counted.
 
     Participants share `max_total_fps`: each samples at min(analysis_fps, max_total_fps / participants).
-    The worker runs at `nice` (0 by default: a niced thread holding the GIL stalls the event loop); while speech
+    The worker is not niced (a niced thread holding the GIL stalls the event loop); while speech
     runs late (the loop, or the audio at the VAD), `shedder` thins the sampled frames further
     (stream/overload.py; counted in `shed`). With `processes` the face models (and each face's signals) run in a
-    child process (stream/video/process.py), and the worker only converts frames, tracks faces and fills the
-    buffer.
+    child process (stream/video/process.py) at `nice`, and the worker only converts frames, tracks faces and
+    fills the buffer.
 
     With `whole_frames` (only when a visual encoder serves the LLM stage) the buffer also keeps whole frames,
     downsized, on a grid of their own at whole_frames.fps (training's), for the same buffer_s, whatever the
@@ -239,7 +239,7 @@ class VideoAnalysis:
 
     def _work(self, ready: threading.Event, failure: list[BaseException]) -> None:
         try:
-            lower_this_thread(self._settings.nice, "face-analysis")
+            name_this_thread("face-analysis")
             if self._processes is not None:
                 self._analyzer = self._processes.analyzer()
             else:
