@@ -40,9 +40,8 @@ from stream.video.signals import face_signals
 log = logging.getLogger(__name__)
 
 REPLY_TIMEOUT_S = 10.0  # a child silent this long on one frame is taken for hung, and replaced
-RESTART_AFTER_S = (
-    5.0  # a child that died is not replaced sooner than this after the last start (no spawn storm)
-)
+# A child that died is not replaced sooner than this after its start (no storm of starts from a broken model)
+RESTART_AFTER_S = 5.0
 
 
 class FaceProcessError(RuntimeError):
@@ -114,9 +113,8 @@ class FaceProcess:
                 log.warning("%s: starting a new face-analysis process", self._name)
                 self._start()
             assert self._conn is not None
-            self._conn.settimeout(
-                REPLY_TIMEOUT_S
-            )  # a child that stopped reading fills the socket: no wait forever
+            # a child that stopped reading fills the socket: a frame's send does not wait forever either
+            self._conn.settimeout(REPLY_TIMEOUT_S)
             try:
                 send_message(self._conn, request)
             except TimeoutError:
