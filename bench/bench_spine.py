@@ -38,7 +38,15 @@ from typing import Any
 import numpy as np
 
 from stream.config import load_settings
-from tests.harness import ROOT, EventLog, ServerProcess, _die_with_parent, children_of, events_url
+from tests.harness import (
+    ROOT,
+    EventLog,
+    ServerProcess,
+    _die_with_parent,
+    children_of,
+    events_url,
+    proc_cpu_seconds,
+)
 from tests.media import SPEECH_RATE, Speech, compose, compose_turns, word_error_rate
 from tests.peer import EncodedVideoTrack, Peer, SpeechTrack, encode_vp8
 from tests.synth import render_clip
@@ -144,12 +152,6 @@ class CpuHog:
         for process in self.processes:
             process.kill()
             process.wait()
-
-
-def proc_cpu_seconds(stat_path: str) -> tuple[float, int]:
-    """(user + system CPU seconds, niceness) of a process or thread, from its /proc stat file."""
-    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[16])
 
 
 class ThreadCpu:
@@ -407,9 +409,7 @@ async def join_leave_cycles(
         await peer.leave()
         await asyncio.sleep(0.3)
         rss.append(server.read_proc("VmRSS", children=True) / 1024)
-        threads.append(
-            sum(len(os.listdir(f"/proc/{pid}/task")) for pid in [server.process.pid, *server.children()])
-        )
+        threads.append(server.thread_count())
     await asyncio.sleep(idle_s)
     idle = server.read_proc("VmRSS", children=True) / 1024
     return {

@@ -524,15 +524,12 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         if chosen is None:
             chosen = await loop.run_in_executor(None, make_transcriber, asr_settings)
         asr = TranscriptionService(chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size)
-        face_processes = None
-        if (
-            settings.video.enabled and settings.video.processes
-        ):  # a face model that cannot load stops start-up
-            face_processes = await loop.run_in_executor(
-                None, FaceProcesses, settings.video, settings.video.processes
-            )
-        elif settings.video.enabled:  # here, not in the first call
-            await loop.run_in_executor(None, check_face_model, settings.video)
+        # a face model that cannot load stops start-up here, not in the first call
+        video, face_processes = settings.video, None
+        if video.enabled and video.processes:
+            face_processes = await loop.run_in_executor(None, FaceProcesses, video, video.processes)
+        elif video.enabled:
+            await loop.run_in_executor(None, check_face_model, video)
         services = Services(
             settings,
             Authorizer(settings.auth.tokens),

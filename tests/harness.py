@@ -104,7 +104,17 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time of the server and of its live child processes."""
-        return sum(process_cpu_seconds(pid) for pid in [self.process.pid, *self.children()])
+        total = 0.0
+        for pid in [self.process.pid, *self.children()]:
+            try:
+                total += proc_cpu_seconds(f"/proc/{pid}/stat")[0]
+            except FileNotFoundError:
+                continue  # a child that ended meanwhile
+        return total
+
+    def thread_count(self) -> int:
+        """Threads of the server and of its child processes now."""
+        return sum(len(os.listdir(f"/proc/{pid}/task")) for pid in [self.process.pid, *self.children()])
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)
@@ -296,10 +306,7 @@ def _status_kb(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads); 0 for one that ended meanwhile."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def proc_cpu_seconds(stat_path: str) -> tuple[float, int]:
+    """(user + system CPU seconds, niceness) of a process or thread, from its /proc stat file."""
+    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(fields[16])

@@ -93,9 +93,8 @@ def test_a_killed_process_is_replaced_and_analysis_goes_on(
         with pytest.raises(FaceProcessError, match="faces-0"):
             analyzer.analyze(rest_frame(), 0.1)
         assert metrics.REGISTRY.get_sample_value("microemo_face_processes_lost_total") == lost + 1
-        assert (
-            len(analyzer.analyze(rest_frame(), 0.2)) == 1
-        )  # a new child, with a new analyzer for the stream
+        # a new child, with a new analyzer for the stream
+        assert len(analyzer.analyze(rest_frame(), 0.2)) == 1
         assert child.restarts == 1 and child.pid != first_pid
     finally:
         analyzer.close()

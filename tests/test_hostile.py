@@ -66,7 +66,7 @@ def bearer(token: str = PUBLISHER) -> dict[str, str]:
 
 
 def threads_of(server: ServerProcess) -> int:
-    return sum(len(os.listdir(f"/proc/{pid}/task")) for pid in [server.process.pid, *server.children()])
+    return server.thread_count()
 
 
 def rss_mb(server: ServerProcess) -> float:
@@ -330,16 +330,24 @@ async def test_extra_video_tracks_are_declined_in_the_answer_and_cost_nothing(ho
     assert rss_mb(hostile) < rss + 60
 
 
+async def call_with_camera(
+    server: ServerProcess, speech: Speech, call: str, name: str, *, screen_share: bool = False
+) -> None:
+    """A peer joins with a camera (and a screen share, offered after it: declined), speaks 2 s, leaves."""
+    peer = Peer(server.url, call, name, token=PUBLISHER)
+    if screen_share:
+        peer.pc.addTrack(PatternTrack())
+    await peer.join(SpeechTrack(speech.samples[: SPEECH_RATE * 2], SPEECH_RATE), PatternTrack())
+    await asyncio.sleep(2)
+    await peer.leave()
+    await wait_until_participants(server, 0, 15)
+
+
 async def test_a_camera_and_a_screen_share_leave_nothing_behind(
     hostile: ServerProcess, speech: Speech
 ) -> None:
     async def call_with_screen_share(name: str) -> None:
-        peer = Peer(hostile.url, "call-share", name, token=PUBLISHER)
-        peer.pc.addTrack(PatternTrack())  # the screen share, offered after the camera: declined
-        await peer.join(SpeechTrack(speech.samples[: SPEECH_RATE * 2], SPEECH_RATE), PatternTrack())
-        await asyncio.sleep(2)
-        await peer.leave()
-        await wait_until_participants(hostile, 0, 15)
+        await call_with_camera(hostile, speech, "call-share", name, screen_share=True)
         await asyncio.sleep(1)
 
     # the first calls of the process load what stays loaded (model files, the default executor's threads)
@@ -356,19 +364,12 @@ async def test_a_camera_and_a_screen_share_leave_nothing_behind(
 async def test_ten_joins_and_leaves_with_a_camera_grow_memory_by_at_most_5_percent(
     hostile: ServerProcess, speech: Speech
 ) -> None:
-    async def call_with_camera(name: str) -> None:
-        peer = Peer(hostile.url, "call-cycles", name, token=PUBLISHER)
-        await peer.join(SpeechTrack(speech.samples[: SPEECH_RATE * 2], SPEECH_RATE), PatternTrack())
-        await asyncio.sleep(2)
-        await peer.leave()
-        await wait_until_participants(hostile, 0, 15)
-
     for i in range(2):  # what the first calls load stays loaded
-        await call_with_camera(f"warm{i}")
+        await call_with_camera(hostile, speech, "call-cycles", f"warm{i}")
     await asyncio.sleep(1)
     rss = rss_mb(hostile)  # the server and its face-analysis process
     for i in range(10):
-        await call_with_camera(f"cycle{i}")
+        await call_with_camera(hostile, speech, "call-cycles", f"cycle{i}")
     await asyncio.sleep(1)
     assert rss_mb(hostile) <= rss * 1.05
 

@@ -29,9 +29,8 @@ class FaceObservation:
     blendshapes: dict[str, float] | None = None
     aligned: np.ndarray | None = None  # (S, S, 3) uint8 aligned face crop
     pose: tuple[float, float, float] | None = None  # yaw, pitch, roll degrees, where the backend measures it
-    signals: FaceSignals | None = (
-        None  # computed with the landmarks where they are found (stream/video/process.py)
-    )
+    # computed with the landmarks where they are found (stream/video/process.py); None: computed when pushed
+    signals: FaceSignals | None = None
 
 
 class FaceAnalyzer(Protocol):

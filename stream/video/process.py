@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -134,9 +134,8 @@ class FaceProcess:
         except (EOFError, OSError) as exc:
             code = self._process.poll() if self._process is not None else None
             self._lost(f"ended ({exc!r}, exit code {code})")
-        raise AssertionError("unreachable")
 
-    def _lost(self, why: str) -> None:
+    def _lost(self, why: str) -> NoReturn:
         message = f"the face-analysis process {self._name} {why}"
         log.error("%s", message)
         metrics.FACE_PROCESSES_LOST.inc()
