@@ -1,0 +1,1 @@
+"""Audio engines: voice activity (silero), utterance segmentation, Whisper transcription, prosody."""

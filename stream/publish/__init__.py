@@ -1,0 +1,1 @@
+"""Publishing: call events fanned out to websocket subscribers and the MQTT bridge."""

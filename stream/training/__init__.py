@@ -1,1 +1,0 @@
-"""Training and evaluation commands (`microemo train`, `train-heads`, `eval`); the runtime never imports it."""
