@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bench.bench_spine import SENTENCES
-from stream.audio.asr import FasterWhisperTranscriber
+from model.audio.whisper import FasterWhisperTranscriber
 from stream.config import AsrSettings
 from tests.media import SPEECH_RATE, espeak, normalise, word_error_rate
 

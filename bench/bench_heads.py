@@ -15,13 +15,13 @@ import platform
 import numpy as np
 
 from bench.timing import median_ms
-from model.cues import AudioClues, Clues, TextClues
-from model.estimator import FastEstimator, HeadsEstimator
-from model.heads import DEFAULT_HEADS, EmotionHeads, pool_encoder_states
-from model.prosody import measure_prosody
-from model.text_affect import analyse_text
-from model.vocabulary import EmotionVocabulary
-from stream.training.head_features import VoiceFeatureExtractor
+from model.audio.prosody import measure_prosody
+from model.emotion.clues import AudioClues, Clues, TextClues
+from model.emotion.estimator import FastEstimator, HeadsEstimator
+from model.emotion.heads import DEFAULT_HEADS, EmotionHeads, pool_encoder_states
+from model.emotion.text_affect import analyse_text
+from model.emotion.vocabulary import EmotionVocabulary
+from model.training.voice_features import VoiceFeatureExtractor
 from tests.media import SPEECH_RATE, espeak
 
 SENTENCE = "I really did not expect the meeting to run this long, but we got through all of it"

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from bench.timing import median_ms
-from model.llm import LLMReasoner, LLMSettings, ReasoningRequest, packaged_smollm2
-from model.vocabulary import EmotionVocabulary
+from model.emotion.vocabulary import EmotionVocabulary
+from model.llm import LLMReasoner, ReasoningRequest
+from model.settings import LLMSettings
 
 CANDIDATES = (
     "happy",
@@ -93,10 +94,9 @@ def main() -> None:
     parser.add_argument("--explanation-tokens", type=int, default=40)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    folder, gguf_file = (args.model_path, args.gguf_file) if args.model_path else packaged_smollm2()
     settings = LLMSettings(
-        model_path=folder,
-        gguf_file=gguf_file,
+        model_path=args.model_path,
+        gguf_file=args.gguf_file,
         device=args.device,
         dtype=args.dtype,
         explanation_tokens=args.explanation_tokens,

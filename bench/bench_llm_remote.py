@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_llm import CANDIDATE_VA, CANDIDATES, UTTERANCES
-from model.llm import LLMOutputError, ReasoningRequest, RemoteLLMError, RemoteReasoner, RemoteSettings
+from model.llm import LLMOutputError, ReasoningRequest, RemoteLLMError, RemoteReasoner
 from model.llm.remote import ResponseFormat
+from model.settings import LLMSettings
 
 
 def utterance(call: int, index: int) -> ReasoningRequest:
@@ -36,7 +37,7 @@ def utterance(call: int, index: int) -> ReasoningRequest:
     )
 
 
-async def run_level(settings: RemoteSettings, calls: int, per_call: int) -> dict[str, Any]:
+async def run_level(settings: LLMSettings, calls: int, per_call: int) -> dict[str, Any]:
     reasoner = RemoteReasoner(settings)
     latencies: list[float] = []
     failed = {"llm_output": 0, "server": 0}
@@ -74,9 +75,12 @@ async def run_level(settings: RemoteSettings, calls: int, per_call: int) -> dict
 
 
 async def bench(args: argparse.Namespace, url: str, response_format: ResponseFormat) -> list[dict[str, Any]]:
-    settings = RemoteSettings(
+    settings = LLMSettings(
+        enabled=True,
+        backend="openai",
+        mode="generate",
         url=url,
-        model=args.model,
+        served_model=args.model,
         response_format=response_format,
         timeout_s=args.timeout_s,
         max_concurrency=max(args.calls),

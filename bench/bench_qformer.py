@@ -12,8 +12,8 @@ from dataclasses import asdict
 import torch
 
 from bench.timing import median_ms
-from model.encoder import EncoderConfig, GlobalLocalEncoder
-from model.qformer import IncrementalQFormerCache, QFormerConfig, VideoQFormer
+from model.microemo.encoder import EncoderConfig, GlobalLocalEncoder
+from model.microemo.qformer import IncrementalQFormerCache, QFormerConfig, VideoQFormer
 
 
 def cache_update_ms(

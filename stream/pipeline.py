@@ -1,53 +1,75 @@
-"""A participant's stages as a chain of processors: one typed frame in, one out, and an end of stream that drains."""
+"""A participant's steps as a chain of processors (typed frames of stream/frames.py in, frames out) and its context."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from stream import metrics
 from stream.clock import MediaClock
 from stream.events import CallEvent, ErrorEvent
+from stream.frames import EndOfStream, MediaStalled
 
 In = TypeVar("In")
 Out = TypeVar("Out")
 After = TypeVar("After")
 
 
-@dataclass(frozen=True, slots=True)
-class EndOfStream:
-    """The media has ended: each stage finishes the frames it holds, pushes what they make, then passes this on."""
-
-
-@dataclass(frozen=True, slots=True)
-class MediaStalled:
-    """A track's frames stopped arriving while its peer stays connected: the audio chain closes the speech heard
-    so far; when frames come back, their media time again counts from the participant's first frame."""
-
-
 class Processor(Generic[In, Out]):
-    """One stage of the chain: takes its frames in `process`, hands its own frames to the next stage by `push`.
+    """One step of the chain. Its job is `handle`: a frame in, its own frames handed on by `push`.
 
-    Like pipecat's FrameProcessor without the framework: a stage that must not hold up the one before it (a model
-    run) keeps its own queue or tasks, and awaits them when EndOfStream reaches it.
+    The base owns the rest of the lifecycle, as pipecat's FrameProcessor does: EndOfStream calls `finish` (drain
+    what the step holds and push what that makes), then goes on down the chain; MediaStalled calls `stalled` (by
+    default it goes on unchanged); `report` logs a failure and publishes it as an `error` event. A step that must
+    not hold up the one before it (a model run) keeps its own queue or tasks, and awaits them in `finish`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, context: ParticipantContext | None = None) -> None:
+        self.context = context  # None for steps that publish nothing (resampling, VAD scores)
         self._next: Processor[Out, Any] | None = None
 
-    def then(self, stage: Processor[Out, After]) -> Processor[Out, After]:
-        """Link `stage` after this one; returns it, so that a chain reads in its order."""
-        self._next = stage
-        return stage
+    def then(self, step: Processor[Out, After]) -> Processor[Out, After]:
+        """Link `step` after this one; returns it, so that a chain reads in its order."""
+        self._next = step
+        return step
 
-    async def process(self, frame: In | EndOfStream) -> None:
+    async def process(self, frame: In | MediaStalled | EndOfStream) -> None:
+        if isinstance(frame, EndOfStream):
+            await self.finish()
+            await self.push(frame)
+        elif isinstance(frame, MediaStalled):
+            await self.stalled(frame)
+        else:
+            await self.handle(frame)
+
+    async def handle(self, frame: In) -> None:
         raise NotImplementedError
 
-    async def push(self, frame: Out | EndOfStream) -> None:
+    async def finish(self) -> None:
+        """The media has ended: finish the frames this step holds (nothing by default)."""
+
+    async def stalled(self, frame: MediaStalled) -> None:
+        await self.push(frame)
+
+    async def push(self, frame: Out | MediaStalled | EndOfStream) -> None:
         if self._next is not None:
             await self._next.process(frame)
+
+    def report(self, code: str, message: str, utterance: str | None = None) -> None:
+        """Log the exception being handled (with its traceback) and publish it as an `error` event."""
+        assert self.context is not None, "a step that reports failures has a participant context"
+        self.context.log.exception("%s (%s)", message, utterance or "-")
+        self.context.error(code, message, utterance)
+
+
+def chain(steps: Sequence[Processor[Any, Any] | None]) -> Processor[Any, Any]:
+    """Link the steps in order, leaving out the optional ones that are None; returns the first."""
+    present = [step for step in steps if step is not None]
+    for step, following in zip(present, present[1:], strict=False):
+        step.then(following)
+    return present[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,22 +11,23 @@ from typing import Any
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
+from model.audio.vad import SileroModel
 from stream import metrics
-from stream.audio.asr import TranscriptionService
-from stream.audio.vad import SileroModel
 from stream.clock import LiveClock, MediaClock
 from stream.config import AudioSettings, VideoSettings
-from stream.emotion import EmotionStage
+from stream.emotion.emotion_service import EmotionService
+from stream.emotion.estimate import Estimate, Refine
+from stream.emotion.reactions import Listener, Listeners, React
 from stream.events import ParticipantJoin, ParticipantLeave
-from stream.hub import Hub
+from stream.faces.face_process import FaceProcesses
+from stream.faces.windows import FaceWindows, VideoFrames
+from stream.frames import EndOfStream, MediaStalled
 from stream.overload import Shedder
-from stream.pipeline import EndOfStream, MediaStalled, ParticipantContext, Processor
-from stream.stages.emotion import Estimate, Refine
-from stream.stages.faces import FaceWindows, VideoFrames
-from stream.stages.reactions import Listener, Listeners, React
-from stream.stages.speech import Resample, ScoreSpeech, Segment
-from stream.stages.transcribe import Transcribe
-from stream.video.process import FaceProcesses
+from stream.pipeline import ParticipantContext, Processor, chain
+from stream.publish.hub import Hub
+from stream.speech.segment import Resample, ScoreSpeech, Segment
+from stream.transcribe.asr_service import TranscriptionService
+from stream.transcribe.transcribe import Transcribe
 
 log = logging.getLogger(__name__)
 _DRAIN_TIMEOUT_S = 0.5
@@ -42,7 +43,7 @@ class PipelineParts:
     asr: TranscriptionService
     audio: AudioSettings
     video: VideoSettings
-    emotion: EmotionStage | None
+    emotion: EmotionService | None
     listeners: Listeners | None = None
     shedder: Shedder | None = None  # what a live server sheds under overload (None: nothing, as for a file)
     face_processes: FaceProcesses | None = None  # where face models run (None: in this process's threads)
@@ -73,23 +74,24 @@ def build_session(
     if parts.video.enabled:
         whole_frames = emotion.whole_frames if emotion is not None else None
         video = VideoFrames(context, parts.video, whole_frames, parts.shedder, parts.face_processes)
-    audio = Resample(context.clock)
     # Interim updates and stalls are about live media: a file is read faster than it was spoken, and never stalls
     live = context.clock.realtime
     interim_s = parts.audio.interim_s if live else None
     interim_emotion_s = emotion.settings.interim_s if emotion is not None and live else None
-    faces = (
-        audio.then(ScoreSpeech(parts.vad_model, context.clock, parts.shedder))
-        .then(Segment(context, parts.audio.vad, interim_s, lambda: parts.asr.interim_seconds))
-        .then(Transcribe(context, parts.asr, interim_emotion_s, parts.shedder))
-        .then(FaceWindows(context, video))
+    audio = chain(
+        [
+            Resample(context.clock),
+            ScoreSpeech(parts.vad_model, context.clock, parts.shedder),
+            Segment(context, parts.audio.vad, interim_s, lambda: parts.asr.interim_seconds),
+            Transcribe(context, parts.asr, interim_emotion_s, parts.shedder),
+            FaceWindows(context, video),
+            Estimate(context, emotion) if emotion is not None else None,
+            React(context, parts.listeners, emotion)
+            if emotion is not None and parts.listeners is not None
+            else None,
+            Refine(context, emotion.refiner) if emotion is not None and emotion.refiner is not None else None,
+        ]
     )
-    if emotion is not None:
-        estimated: Processor[Any, Any] = faces.then(Estimate(context, emotion))
-        if parts.listeners is not None:
-            estimated = estimated.then(React(context, parts.listeners, emotion))
-        if emotion.refiner is not None:
-            estimated.then(Refine(context, emotion.refiner))
     listeners = parts.listeners if video is not None else None
     if listeners is not None and video is not None:
         listeners.join(call, Listener(participant, video, context.clock))

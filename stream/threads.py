@@ -13,7 +13,7 @@ def name_this_thread(name: str) -> None:
     starts later (a model's compute pool) inherit it.
 
     No thread is niced: a niced thread preempted while it holds the GIL stalls the event loop (README "Speech
-    first"); what should yield the CPU runs in a process of its own (the face models, stream/video/process.py)."""
+    first"); what should yield the CPU runs in a process of its own (the face models, stream/faces/face_process.py)."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 

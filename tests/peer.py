@@ -12,7 +12,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from stream import patches
+from stream.serve import patches
 
 FRAME_S = 0.02
 

@@ -36,7 +36,7 @@ class TrueEpisode:
     """What the clip really shows: a facial action between onset and offset (seconds), apex in between."""
 
     action: str  # "brow_raise" | "smile" | "blink"
-    regions: tuple[str, ...]  # detector signals that measure it (stream.video.signals names)
+    regions: tuple[str, ...]  # detector signals that measure it (model.face.signals names)
     onset: float
     apex: float
     offset: float
@@ -73,7 +73,7 @@ def rest_frame(size: tuple[int, int] = (640, 480)) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def rest_landmarks(size: tuple[int, int] = (640, 480)) -> np.ndarray:
     """The real MediaPipe landmarks (478, 2) of the rest frame, detected once."""
-    from stream.video.faces import MediaPipeFaceAnalyzer
+    from model.face.landmarks import MediaPipeFaceAnalyzer
 
     analyzer = MediaPipeFaceAnalyzer(crop_size=0)
     try:

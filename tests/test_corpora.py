@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
 from model.training.corpora import (
     CREMA_D_EMOTIONS,
     EMODB_EMOTIONS,
@@ -20,7 +21,6 @@ from model.training.corpora import (
     write_manifest,
 )
 from model.training.evaluation import load_manifest
-from model.vocabulary import FAMILIES, EmotionVocabulary
 from stream.cli import main
 
 RAVDESS_FILES = [

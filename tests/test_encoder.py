@@ -6,7 +6,7 @@ from typing import Literal
 import pytest
 import torch
 
-from model.encoder import EncoderConfig, GlobalLocalEncoder
+from model.microemo.encoder import EncoderConfig, GlobalLocalEncoder
 
 TINY = EncoderConfig(
     n_embd=32,

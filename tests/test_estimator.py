@@ -5,18 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.cues import (
+from model.audio.prosody import Prosody
+from model.emotion.clues import (
     AudioClues,
     ClueExtractor,
     Clues,
-    FaceEpisode,
-    FaceEvidence,
     UtteranceInput,
     VisualClues,
 )
-from model.estimator import FastEstimator
-from model.prosody import Prosody
-from model.vocabulary import EmotionVocabulary, SentenceEncoder
+from model.emotion.estimator import FastEstimator
+from model.emotion.vocabulary import EmotionVocabulary, SentenceEncoder
+from model.face.micro import FaceWindow, MicroEpisode
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def prosody(slope: float, energy_rel_db: float = 0.0, f0_rel: float = 0.0) -> Pr
 
 def face(region: str, onset: float, offset: float, peak: float, **more: float) -> VisualClues:
     kind = "micro" if offset - onset < 0.5 else "macro"
-    episode = FaceEpisode(region, onset, (onset + offset) / 2, offset, peak, kind)
+    episode = MicroEpisode(region, onset, (onset + offset) / 2, offset, peak, kind)
     return VisualClues(
         present=1.0, episodes=(episode,), blinks=0, action_units={region: peak, **more}, expression=None
     )
@@ -115,7 +114,7 @@ def test_absent_modalities_are_reported_absent_not_imputed(extractor) -> None:
         text="",
         words=(),
         pcm=np.zeros(16_000, np.float32),  # silence: no voice to read
-        face=FaceEvidence(present=0.0),  # the camera saw nobody
+        face=FaceWindow(0.0, 1.0, present=0.0, track=None, regions={}, episodes=[], blinks=0),  # nobody seen
     )
     clues = extractor.extract(utterance)
     assert clues.to_event() == {"text": None, "visual": None, "audio": None}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.vocabulary import FAMILIES
+from model.emotion.vocabulary import FAMILIES
 from tests.harness import ROOT, run_cli
 from tests.media import LABELLED_SCRIPTS, SPEECH_RATE, Speech, compose, write_labelled_clips
 

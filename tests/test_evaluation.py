@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
 from model.training.evaluation import (
     UNANSWERED,
     ClipPrediction,
@@ -25,7 +26,6 @@ from model.training.evaluation import (
     unweighted_average_recall,
     weighted_f1,
 )
-from model.vocabulary import FAMILIES, EmotionVocabulary
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,7 @@ def test_label_only_manifest_with_family_and_grouping_keys(tmp_path: Path) -> No
 def test_summary_shows_the_scores_beside_the_baseline(vocabulary: EmotionVocabulary, tmp_path: Path) -> None:
     from rich.console import Console
 
-    from stream.training.evaluate import summary
+    from stream.evaluate import summary
 
     clips = [
         LabelledClip(tmp_path / "a.wav", ("happy",), groups={"speaker": "[01]"}),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from model.expression import EXPRESSION_CLASSES, ExpressionClassifier, ExpressionModelMissing
+from model.face.expression import EXPRESSION_CLASSES, ExpressionClassifier, ExpressionModelMissing
 
 # Where OpenCV's frontal-face Haar cascade finds the smiling face in astronaut() (512x512): (x, y, w, h).
 ASTRONAUT_FACE = (177, 66, 95, 95)

@@ -13,15 +13,17 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from stream import metrics, server
+from model.face.landmarks import FaceObservation
+from stream import metrics
 from stream.clock import LiveClock
 from stream.config import Settings, VideoSettings
-from stream.hub import Hub
-from stream.pipeline import EndOfStream, ParticipantContext
-from stream.stages.faces import VideoFrames
-from stream.video import stage
-from stream.video.faces import FaceObservation
-from stream.video.stage import FaceHealth, VideoAnalysis
+from stream.faces import analysis as stage
+from stream.faces.analysis import FaceHealth, VideoAnalysis
+from stream.faces.windows import VideoFrames
+from stream.frames import EndOfStream
+from stream.pipeline import ParticipantContext
+from stream.publish.hub import Hub
+from stream.serve import server
 from tests.test_offer_errors import SilentTranscriber
 
 FPS = 10.0

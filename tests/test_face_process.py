@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.face.landmarks import FaceModelMissingError, MediaPipeFaceAnalyzer
+from model.face.signals import face_signals
 from stream import metrics
 from stream.config import VideoSettings
-from stream.video import process as face_process
-from stream.video.faces import FaceModelMissingError, MediaPipeFaceAnalyzer
-from stream.video.process import FaceProcessError, FaceProcesses
-from stream.video.signals import face_signals
+from stream.faces import face_process
+from stream.faces.face_process import FaceProcessError, FaceProcesses
 from tests.synth import rest_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_no_child_outlives_a_server_that_is_killed() -> None:
     script = (
         "import sys, time\n"
         "from stream.config import VideoSettings\n"
-        "from stream.video.process import FaceProcesses\n"
+        "from stream.faces.face_process import FaceProcesses\n"
         "faces = FaceProcesses(VideoSettings(), 1)\n"
         "print(faces.processes[0].pid, flush=True)\n"
         "time.sleep(60)\n"

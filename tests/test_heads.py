@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.cues import AudioClues, Clues, TextClues
-from model.estimator import HeadsEstimator
-from model.heads import (
+from model.audio.prosody import measure_prosody
+from model.emotion.clues import AudioClues, Clues, TextClues
+from model.emotion.estimator import HeadsEstimator
+from model.emotion.heads import (
     DEFAULT_HEADS,
     WHISPER_FRAME_SAMPLES,
     EmotionHeads,
@@ -22,11 +23,10 @@ from model.heads import (
     pool_encoder_states,
     voice_features,
 )
-from model.prosody import measure_prosody
-from model.text_affect import analyse_text
-from model.training.heads import HeadConfig
-from model.vocabulary import FAMILIES, EmotionVocabulary
-from stream.training.heads import train_heads
+from model.emotion.text_affect import analyse_text
+from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
+from model.training.fit_heads import HeadConfig
+from model.training.train_heads import train_heads
 from tests.harness import run_cli
 from tests.media import SPEECH_RATE, decode_mono
 
@@ -146,7 +146,7 @@ def test_shipped_heads_are_small_and_say_what_they_were_trained_on(shipped: Emot
 def test_the_estimator_reads_the_voice_and_ranks_open_vocabulary_labels(
     shipped: EmotionHeads, tiny_corpus: Path
 ) -> None:
-    from stream.training.head_features import VoiceFeatureExtractor
+    from model.training.voice_features import VoiceFeatureExtractor
 
     extractor = VoiceFeatureExtractor()
     pcm = decode_mono(tiny_corpus / "en-us-anger-0.wav")
@@ -168,7 +168,7 @@ def test_the_estimator_reads_the_voice_and_ranks_open_vocabulary_labels(
 
 
 def test_transcription_keeps_the_encoder_states_the_voice_head_was_trained_on(tiny_corpus: Path) -> None:
-    from stream.training.head_features import VoiceFeatureExtractor
+    from model.training.voice_features import VoiceFeatureExtractor
 
     extractor = VoiceFeatureExtractor()
     utterance = extractor.utterances(decode_mono(tiny_corpus / "en-us-sadness-1.wav"))[0]
@@ -181,7 +181,7 @@ def test_transcription_keeps_the_encoder_states_the_voice_head_was_trained_on(ti
 
 
 def test_without_a_face_head_the_rules_face_reading_stands_in(shipped: EmotionHeads) -> None:
-    from model.cues import VisualClues
+    from model.emotion.clues import VisualClues
 
     smile = VisualClues(
         present=1.0,

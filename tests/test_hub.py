@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from stream.events import SpeechStart
-from stream.hub import Hub
+from stream.publish.hub import Hub
 
 
 def speech(call: str, t: float = 0.0) -> SpeechStart:

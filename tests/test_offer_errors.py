@@ -10,9 +10,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCPeerConnection
 
-from stream import patches, server
-from stream.audio.asr import Transcript
+from model.audio.whisper import Transcript
 from stream.config import Settings
+from stream.serve import patches, server
 
 SETTINGS = {
     "webrtc": {"host_addresses": ["127.0.0.1"], "ice_servers": []},
@@ -56,7 +56,7 @@ async def test_a_failure_to_build_the_session_is_a_500_logged_with_its_call(
         raise RuntimeError("session factory broke")
 
     monkeypatch.setattr(server, "build_session", broken_session)
-    with caplog.at_level(logging.ERROR, logger="stream.server"):
+    with caplog.at_level(logging.ERROR, logger="stream.serve.server"):
         response = await client.post("/offer", json=offer_body(await audio_offer(), call="call-broken"))
     assert response.status == 500
     error = (await response.json())["error"]

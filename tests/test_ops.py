@@ -95,5 +95,5 @@ async def test_tls_when_cert_and_key_are_configured(tmp_path: Path) -> None:
         server.stop()
     # structured logs: one JSON object per line, with the logger name and level
     records = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
-    assert any(r["name"] == "stream.server" and "models ready" in r["message"] for r in records)
+    assert any(r["name"] == "stream.serve.server" and "models ready" in r["message"] for r in records)
     assert all({"levelname", "asctime", "message"} <= r.keys() for r in records)

@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from stream import metrics, server
-from stream.audio.asr import TranscriptionService
-from stream.audio.resample import PcmChunk
-from stream.audio.vad import SileroModel
+from model.audio.vad import SileroModel
+from stream import metrics
 from stream.clock import FileClock, LiveClock
 from stream.config import Settings, VadSettings, VideoSettings
+from stream.faces.analysis import VideoAnalysis
+from stream.frames import EndOfStream
 from stream.overload import MIN_FACE_SHARE, FrameShare, Shedder, watch_loop_lag
-from stream.pipeline import EndOfStream
-from stream.stages.speech import ScoreSpeech, Segment
-from stream.stages.transcribe import Transcribe
-from stream.video.stage import VideoAnalysis
+from stream.serve import server
+from stream.speech.resample import PcmChunk
+from stream.speech.segment import ScoreSpeech, Segment
+from stream.transcribe.asr_service import TranscriptionService
+from stream.transcribe.transcribe import Transcribe
 from tests.test_offer_errors import SETTINGS, SilentTranscriber
 from tests.test_pipeline import Events, RecordingTranscriber, feed_speech
 

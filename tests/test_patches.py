@@ -17,7 +17,7 @@ from aiortc.codecs.opus import OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from stream import patches
+from stream.serve import patches
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_another_release_is_named_in_a_warning_at_start(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, restore_host_addresses: None
 ) -> None:
     monkeypatch.setitem(patches.WRITTEN_FOR, "aiortc", "0.9")
-    with caplog.at_level(logging.WARNING, logger="stream.patches"):
+    with caplog.at_level(logging.WARNING, logger="stream.serve.patches"):
         patches.apply(["127.0.0.1"])
     (record,) = caplog.records
     assert "the patches were written for 0.9.x" in record.getMessage()

@@ -16,17 +16,19 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 
-from model.clip import ClipFeatures, encoder_batch  # noqa: E402
-from model.encoder import GlobalLocalEncoder  # noqa: E402
-from model.prefix import PrefixEncoder, ProjectorMismatchError  # noqa: E402
-from model.qformer import VideoQFormer, save_checkpoint  # noqa: E402
-from model.training.projector import TrainingUtterance, train  # noqa: E402
-from model.vocabulary import EmotionVocabulary  # noqa: E402
-from stream.config import ConfigError, LLMStageSettings, VideoSettings, load_settings  # noqa: E402
-from stream.emotion import LLMRefiner  # noqa: E402
-from stream.video.clips import features_from_window  # noqa: E402
-from stream.video.micro import MicroExpressionBuffer  # noqa: E402
-from stream.video.stage import VideoAnalysis, WholeFrames  # noqa: E402
+from model.emotion.vocabulary import EmotionVocabulary  # noqa: E402
+from model.face.micro import MicroExpressionBuffer  # noqa: E402
+from model.microemo.clip import ClipFeatures, encoder_batch  # noqa: E402
+from model.microemo.encoder import GlobalLocalEncoder  # noqa: E402
+from model.microemo.prefix import PrefixEncoder, ProjectorMismatchError  # noqa: E402
+from model.microemo.qformer import VideoQFormer, save_checkpoint  # noqa: E402
+from model.microemo.window_clip import features_from_window  # noqa: E402
+from model.settings import LLMSettings  # noqa: E402
+from model.training.fit_projector import TrainingUtterance, train  # noqa: E402
+from stream.config import ConfigError, VideoSettings, load_settings  # noqa: E402
+from stream.emotion.refiner import LLMRefiner  # noqa: E402
+from stream.faces.analysis import VideoAnalysis  # noqa: E402
+from stream.faces.sampling import WholeFrames  # noqa: E402
 from tests.conftest import TEST_CONFIG  # noqa: E402
 from tests.harness import (  # noqa: E402
     EventLog,
@@ -141,7 +143,7 @@ def test_a_source_slower_than_projector_fps_is_logged(
 ) -> None:
     video = VideoAnalysis(VideoSettings(analysis_fps=FPS), "slow-peer", KEEP)
     try:
-        with caplog.at_level("WARNING", logger="stream.video.stage"):
+        with caplog.at_level("WARNING", logger="stream.faces.analysis"):
             feed(video, clip, every=FPS // 2)  # about 2 frames a second; the encoder wants 5
     finally:
         video.close()
@@ -150,7 +152,7 @@ def test_a_source_slower_than_projector_fps_is_logged(
 
 
 def test_kept_frames_are_bounded_by_buffer_s_and_kept_only_when_asked() -> None:
-    buffer = MicroExpressionBuffer(buffer_s=30.0)
+    buffer = MicroExpressionBuffer(30.0)
     image = np.zeros((64, 64, 3), np.uint8)
     for k in range(200):  # 40 s at 5 fps
         buffer.mark_frame(k / 5)
@@ -159,7 +161,7 @@ def test_kept_frames_are_bounded_by_buffer_s_and_kept_only_when_asked() -> None:
     assert [frame.t for frame in kept] == [k / 5 for k in range(200) if k / 5 >= 39.8 - 30.0]  # last 30 s
     assert len(kept) == 151
     assert all(frame.face is None for frame in kept)  # no face was pushed
-    plain = MicroExpressionBuffer()
+    plain = MicroExpressionBuffer(30.0)
     plain.mark_frame(1.0)
     assert plain.window(0.0, 2.0).frames == []  # without keep_frame (the default) nothing is held
 
@@ -191,7 +193,7 @@ def test_the_llm_stage_refuses_a_projector_trained_for_another_llm_naming_the_ke
     wide = tmp_path / "wide.pt"
     qformer = VideoQFormer(replace(TINY.qformer, encoder_dim=32, llm_hidden_size=576))  # SmolLM2's width
     save_checkpoint(wide, qformer, GlobalLocalEncoder(TINY.encoder))
-    settings = LLMStageSettings(enabled=True, model_path=tiny_llm, device="cpu", projector_checkpoint=wide)
+    settings = LLMSettings(enabled=True, model_path=tiny_llm, device="cpu", projector_checkpoint=wide)
     with pytest.raises(ConfigError, match=r"emotion\.llm\.projector_checkpoint: .*576.*32"):
         LLMRefiner(settings, EmotionVocabulary.load())
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from model.prosody import SILENCE_DB, Prosody, SpeakerBaseline, measure_prosody
+from model.audio.prosody import SILENCE_DB, Prosody, SpeakerBaseline, measure_prosody
 
 RATE = 16_000
 

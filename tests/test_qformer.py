@@ -7,8 +7,8 @@ from typing import Literal
 import pytest
 import torch
 
-from model.encoder import EncoderConfig, GlobalLocalEncoder
-from model.qformer import (
+from model.microemo.encoder import EncoderConfig, GlobalLocalEncoder
+from model.microemo.qformer import (
     IncrementalQFormerCache,
     LLMProjector,
     QFormerConfig,

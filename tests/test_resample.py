@@ -8,8 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from stream.audio.resample import Resampler
-from stream.audio.vad import CHUNK_SAMPLES, SileroModel
+from model.audio.vad import CHUNK_SAMPLES, SileroModel
+from stream.speech.resample import Resampler
 
 TONE_HZ = 440.0
 DURATION_S = 2.0
@@ -82,7 +82,7 @@ def test_silero_hears_speech_and_not_silence(vad_model: SileroModel) -> None:
 
     voice = espeak("Hello there, this is a test of the voice detector.")
     stream = vad_model.stream()
-    from stream.audio.resample import PcmChunk
+    from stream.speech.resample import PcmChunk
 
     silence = [p for _, p in stream.push(PcmChunk(0.0, np.zeros(16_000, np.float32)))]
     speech = [p for _, p in stream.push(PcmChunk(1.0, voice))]

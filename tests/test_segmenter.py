@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.audio.segmenter import ClosedUtterance, Segmenter, SpeechEnded, SpeechSoFar, SpeechStarted
+from model.audio.segmenter import ClosedUtterance, Segmenter, SpeechEnded, SpeechSoFar, SpeechStarted
+from model.settings import VadSettings
 
 CHUNK = 512
 DT = CHUNK / 16_000  # 0.032 s
@@ -31,7 +32,7 @@ def utterances(events: list[object]) -> list[ClosedUtterance]:
 
 def test_utterance_closes_after_silence() -> None:
     probs = [0.0] * seconds(1) + [0.9] * seconds(1.5) + [0.05] * seconds(1)
-    events = run(probs, Segmenter(min_silence_ms=500, speech_pad_ms=0))
+    events = run(probs, Segmenter(VadSettings(min_silence_ms=500, speech_pad_ms=0)))
     (utt,) = utterances(events)
     assert utt.t0 == pytest.approx(1.0, abs=DT)
     assert utt.t1 == pytest.approx(2.5, abs=DT)
@@ -42,7 +43,7 @@ def test_utterance_closes_after_silence() -> None:
 
 
 def test_close_happens_exactly_after_min_silence() -> None:
-    segmenter = Segmenter(min_silence_ms=500)
+    segmenter = Segmenter(VadSettings(min_silence_ms=500))
     speech_end = None
     for i, p in enumerate([0.9] * seconds(1) + [0.0] * seconds(2)):
         for event in segmenter.push(i * DT, np.zeros(CHUNK, np.float32), p):
@@ -54,18 +55,20 @@ def test_close_happens_exactly_after_min_silence() -> None:
 
 def test_hysteresis_keeps_speech_open_between_thresholds() -> None:
     probs = [0.9] * seconds(0.5) + [0.4] * seconds(1) + [0.9] * seconds(0.5) + [0.0] * seconds(1)
-    (utt,) = utterances(run(probs, Segmenter(threshold=0.5, neg_threshold=0.35, min_silence_ms=300)))
+    (utt,) = utterances(
+        run(probs, Segmenter(VadSettings(threshold=0.5, neg_threshold=0.35, min_silence_ms=300)))
+    )
     assert utt.t1 == pytest.approx(2.0, abs=DT)
 
 
 def test_blips_shorter_than_min_speech_are_ignored() -> None:
     probs = ([0.0] * seconds(0.6) + [0.95] * 4) * 3 + [0.0] * seconds(1)  # 128 ms blips
-    events = run(probs, Segmenter(min_speech_ms=250, min_silence_ms=300))
+    events = run(probs, Segmenter(VadSettings(min_speech_ms=250, min_silence_ms=300)))
     assert events == []
 
 
 def test_speech_start_is_reported_once_min_speech_is_reached() -> None:
-    segmenter = Segmenter(min_speech_ms=250)
+    segmenter = Segmenter(VadSettings(min_speech_ms=250))
     first_start_at = None
     for i, p in enumerate([0.0] * 10 + [0.9] * 20):
         if any(isinstance(e, SpeechStarted) for e in segmenter.push(i * DT, np.zeros(CHUNK, np.float32), p)):
@@ -77,7 +80,7 @@ def test_speech_start_is_reported_once_min_speech_is_reached() -> None:
 
 def test_padding_adds_context_on_both_sides() -> None:
     probs = [0.0] * seconds(1) + [0.9] * seconds(1) + [0.0] * seconds(1)
-    (utt,) = utterances(run(probs, Segmenter(speech_pad_ms=192, min_silence_ms=500)))
+    (utt,) = utterances(run(probs, Segmenter(VadSettings(speech_pad_ms=192, min_silence_ms=500))))
     assert utt.pcm_t0 == pytest.approx(utt.t0 - 0.192, abs=DT)
     assert len(utt.pcm) / 16_000 == pytest.approx(utt.t1 - utt.t0 + 2 * 0.192, abs=DT)
     # the samples are those of the right chunks: chunk index encoded in the sample value
@@ -86,7 +89,7 @@ def test_padding_adds_context_on_both_sides() -> None:
 
 def test_long_speech_is_force_closed_and_continued() -> None:
     probs = [0.9] * seconds(5.2) + [0.0] * seconds(1)
-    events = run(probs, Segmenter(max_utterance_s=2.0, min_silence_ms=300))
+    events = run(probs, Segmenter(VadSettings(max_utterance_s=2.0, min_silence_ms=300)))
     utts = utterances(events)
     assert [u.reason for u in utts] == ["max_length", "max_length", "silence"]
     assert all(u.t1 - u.t0 <= 2.0 + DT for u in utts)
@@ -104,12 +107,12 @@ def test_flush_closes_speech_in_progress() -> None:
 
 
 def test_flush_drops_an_unconfirmed_blip() -> None:
-    events = run([0.0] * 10 + [0.9] * 3, Segmenter(min_speech_ms=250), flush=True)
+    events = run([0.0] * 10 + [0.9] * 3, Segmenter(VadSettings(min_speech_ms=250)), flush=True)
     assert events == []
 
 
 def test_idle_audio_is_not_kept_without_bound() -> None:
-    segmenter = Segmenter(speech_pad_ms=200)
+    segmenter = Segmenter(VadSettings(speech_pad_ms=200))
     run([0.0] * seconds(60), segmenter)
     assert segmenter._audio.end - segmenter._audio._start < 0.3
 
@@ -117,7 +120,9 @@ def test_idle_audio_is_not_kept_without_bound() -> None:
 def test_speech_end_is_dated_where_probability_first_fell_under_threshold() -> None:
     # silero's probability trails off (0.45 is still "maybe speech") before it drops under neg_threshold
     probs = [0.9] * seconds(1) + [0.45, 0.45] + [0.05] * seconds(1)
-    (utt,) = utterances(run(probs, Segmenter(threshold=0.5, neg_threshold=0.35, speech_pad_ms=0)))
+    (utt,) = utterances(
+        run(probs, Segmenter(VadSettings(threshold=0.5, neg_threshold=0.35, speech_pad_ms=0)))
+    )
     assert utt.t1 == pytest.approx(1.0, abs=DT)
 
 
@@ -139,22 +144,26 @@ def test_speech_end_is_found_in_the_audio_when_the_vad_lags_it() -> None:
     vad_end = (seconds(1) + seconds(1.5) + 3) * DT
     quiet_noise = rng.normal(0, 0.3 * 10 ** (-40 / 20), len(audio)).astype(np.float32)  # 40 dB down
     for signal in (audio, audio + quiet_noise):
-        utt, closed_at = push_audio(Segmenter(min_silence_ms=500, speech_pad_ms=0), signal, lagging)
+        utt, closed_at = push_audio(
+            Segmenter(VadSettings(min_silence_ms=500, speech_pad_ms=0)), signal, lagging
+        )
         assert utt.t1 == pytest.approx(2.5, abs=0.011)
         # it closed min_silence after the sound ended, not after the VAD noticed
         assert closed_at <= 2.5 + 0.5 + DT + 0.011 < vad_end + 0.5
     # a noise floor as loud as the speech hides its end: the VAD's end stands
     loud_noise = rng.normal(0, 0.3, len(audio)).astype(np.float32)
-    utt, _ = push_audio(Segmenter(min_silence_ms=500, speech_pad_ms=0), audio + loud_noise, lagging)
+    utt, _ = push_audio(
+        Segmenter(VadSettings(min_silence_ms=500, speech_pad_ms=0)), audio + loud_noise, lagging
+    )
     assert utt.t1 == pytest.approx(vad_end, abs=0.001)
 
 
 def test_a_pause_announces_the_utterance_it_would_close_with_the_same_audio() -> None:
-    from stream.audio.segmenter import SpeechPaused
+    from model.audio.segmenter import SpeechPaused
 
     # speech, a 0.3 s pause (longer than the pad, shorter than min_silence), speech, then a real silence
     probs = [0.0] * 10 + [0.9] * 40 + [0.05] * 10 + [0.9] * 30 + [0.05] * 30
-    events = run(probs, Segmenter(min_silence_ms=500, speech_pad_ms=200))
+    events = run(probs, Segmenter(VadSettings(min_silence_ms=500, speech_pad_ms=200)))
     paused = [e.utterance for e in events if isinstance(e, SpeechPaused)]
     (closed,) = utterances(events)
     assert len(paused) == 2  # one per silence that outlasted the pad; the first never closed
@@ -174,7 +183,7 @@ def test_a_pause_announces_the_utterance_it_would_close_with_the_same_audio() ->
 
 def test_long_speech_is_sent_so_far_every_interim_s_with_the_index_it_will_close_with() -> None:
     probs = [0.0] * seconds(1) + [0.9] * seconds(7) + [0.0] * seconds(1)
-    events = run(probs, Segmenter(min_silence_ms=500, speech_pad_ms=0, interim_s=2.0))
+    events = run(probs, Segmenter(VadSettings(min_silence_ms=500, speech_pad_ms=0), interim_s=2.0))
     so_far = [e.utterance for e in events if isinstance(e, SpeechSoFar)]
     (closed,) = utterances(events)
     # speech 1.0-8.0 s: the speech so far at 3, 5 and 7 s, each from the speech start, all before the close
@@ -186,12 +195,12 @@ def test_long_speech_is_sent_so_far_every_interim_s_with_the_index_it_will_close
 
 
 def test_interim_lead_sends_the_speech_so_far_early_on_the_same_grid() -> None:
-    segmenter = Segmenter(min_silence_ms=500, speech_pad_ms=0, interim_s=2.0)
+    segmenter = Segmenter(VadSettings(min_silence_ms=500, speech_pad_ms=0), interim_s=2.0)
     segmenter.interim_lead_s = 0.4  # a transcript takes 0.4 s: asked for then, it comes out on the 2 s grid
     events = run([0.0] * seconds(1) + [0.9] * seconds(7) + [0.0] * seconds(1), segmenter)
     so_far = [e.utterance for e in events if isinstance(e, SpeechSoFar)]
     assert [u.t1 for u in so_far] == pytest.approx([2.6, 4.6, 6.6], abs=DT)
-    slow = Segmenter(min_silence_ms=500, speech_pad_ms=0, interim_s=2.0)
+    slow = Segmenter(VadSettings(min_silence_ms=500, speech_pad_ms=0), interim_s=2.0)
     slow.interim_lead_s = (
         5.0  # never more than half a step early: at 1 s of speech (grid 2 s), then 3 s (grid 4 s)
     )
@@ -201,13 +210,13 @@ def test_interim_lead_sends_the_speech_so_far_early_on_the_same_grid() -> None:
 
 def test_short_speech_and_silence_get_no_interim() -> None:
     probs = [0.9] * seconds(1.5) + [0.0] * seconds(5)
-    events = run(probs, Segmenter(min_silence_ms=500, interim_s=2.0))
+    events = run(probs, Segmenter(VadSettings(min_silence_ms=500), interim_s=2.0))
     assert not [e for e in events if isinstance(e, SpeechSoFar)]
     assert len(utterances(events)) == 1
 
 
 def test_a_stall_closes_the_open_speech_and_later_audio_starts_afresh() -> None:
-    segmenter = Segmenter(min_silence_ms=500, speech_pad_ms=0)
+    segmenter = Segmenter(VadSettings(min_silence_ms=500, speech_pad_ms=0))
     events = run([0.0] * seconds(1) + [0.9] * seconds(2), segmenter)
     (stalled,) = utterances(events + segmenter.flush("stall"))
     assert stalled.reason == "stall" and stalled.t1 == pytest.approx(3.0, abs=DT)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model.text_affect import analyse_text
+from model.emotion.text_affect import analyse_text
 
 
 def test_praise_is_positive() -> None:

@@ -15,20 +15,22 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 
-from model.clip import ClipFeatures  # noqa: E402
-from model.encoder import EncoderConfig, GlobalLocalEncoder  # noqa: E402
+from model.face.landmarks import choose_speaker  # noqa: E402
 from model.llm import (  # noqa: E402
     JSON_ANSWER_PREFIX,
     LLMReasoner,
-    LLMSettings,
     ReasoningRequest,
     parse_generated_answer,
     prompt_ids,
 )
-from model.prefix import PrefixEncoder  # noqa: E402
-from model.qformer import QFormerConfig, VideoQFormer  # noqa: E402
+from model.microemo.clip import ClipFeatures  # noqa: E402
+from model.microemo.encoder import EncoderConfig, GlobalLocalEncoder  # noqa: E402
+from model.microemo.prefix import PrefixEncoder  # noqa: E402
+from model.microemo.qformer import QFormerConfig, VideoQFormer  # noqa: E402
+from model.settings import LLMSettings
+from model.training.clip_features import extract_manifest  # noqa: E402
 from model.training.evaluation import LabelledClip  # noqa: E402
-from model.training.projector import (  # noqa: E402
+from model.training.fit_projector import (  # noqa: E402
     TrainConfig,
     TrainingUtterance,
     TrainResult,
@@ -38,10 +40,8 @@ from model.training.projector import (  # noqa: E402
     target_text,
     train,
 )
+from model.training.train_projector import training_calls  # noqa: E402
 from stream.cli import main  # noqa: E402
-from stream.training.clip_features import extract_manifest  # noqa: E402
-from stream.training.projector import training_calls  # noqa: E402
-from stream.video.faces import choose_speaker  # noqa: E402
 from tests.media import LABELLED_SCRIPTS, write_labelled_clips  # noqa: E402
 from tests.tiny_llm import build_tiny_llama  # noqa: E402
 

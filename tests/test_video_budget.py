@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from stream.config import VideoSettings
-from stream.video.stage import VideoAnalysis
+from stream.faces.analysis import VideoAnalysis
 
 
 def test_participants_share_max_total_fps_and_get_it_back_when_one_leaves() -> None:

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from stream.video.faces import FaceObservation, FaceTracker, MediaPipeFaceAnalyzer
-from stream.video.micro import FaceWindow, MicroEpisode, MicroExpressionBuffer
+from model.face.landmarks import FaceObservation, FaceTracker, MediaPipeFaceAnalyzer
+from model.face.micro import FaceWindow, MicroEpisode, MicroExpressionBuffer
 from tests.synth import SyntheticClip, TrueEpisode, render_clip, write_video, write_y4m
 
 FPS = 30.0
@@ -31,7 +31,7 @@ def observe(clip: SyntheticClip) -> list[tuple[float, list[FaceObservation]]]:
 def buffer_of(
     frames: list[tuple[float, list[FaceObservation]]], geometry_only: bool = False
 ) -> MicroExpressionBuffer:
-    buffer = MicroExpressionBuffer()
+    buffer = MicroExpressionBuffer(30.0)
     for t, faces in frames:
         buffer.mark_frame(t)
         for face in faces:
@@ -168,7 +168,7 @@ def test_window_carries_aligned_crops_and_blendshapes(expression_window):
 
 
 def test_memory_is_bounded_by_time(expression_frames):
-    buffer = MicroExpressionBuffer(buffer_s=2.0)
+    buffer = MicroExpressionBuffer(2.0)
     clip_s = len(expression_frames) * FRAME_S
     for loop in range(5):  # 20 s of media
         for t, faces in expression_frames:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.video.faces import (
+from model.face.landmarks import (
     UNTRACKED,
     FaceModelMissingError,
     FaceObservation,

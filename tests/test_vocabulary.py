@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.training.vocabulary import AffectAnchors, build_vocabulary
-from model.vocabulary import FAMILIES, EmotionVocabulary, SentenceEncoder
+from model.emotion.vocabulary import FAMILIES, EmotionVocabulary, SentenceEncoder
+from model.training.build_vocabulary import AffectAnchors, build_vocabulary
 
 # Words everyone places the same way on Russell's circumplex; none is an anchor of the projection.
 PLEASANT_AROUSED = ("joyful", "excited")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
-from stream.audio.resample import SAMPLE_RATE
-
-if TYPE_CHECKING:
-    from stream.config import VadSettings
+from model.audio.vad import SAMPLE_RATE
+from model.settings import VadSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,23 +79,14 @@ class Segmenter:
     `max_utterance_s` is force-closed and the next utterance marked as its continuation. While speech goes on,
     the utterance so far is sent every `interim_s` of it (None: never)."""
 
-    def __init__(
-        self,
-        *,
-        threshold: float = 0.5,
-        neg_threshold: float = 0.35,
-        min_speech_ms: int = 250,
-        min_silence_ms: int = 500,
-        speech_pad_ms: int = 200,
-        max_utterance_s: float = 20.0,
-        interim_s: float | None = None,
-    ) -> None:
-        self._threshold = threshold
-        self._neg_threshold = neg_threshold
-        self._min_speech_s = min_speech_ms / 1000
-        self._min_silence_s = min_silence_ms / 1000
-        self._pad_s = speech_pad_ms / 1000
-        self._max_utterance_s = max_utterance_s
+    def __init__(self, vad: VadSettings | None = None, interim_s: float | None = None) -> None:
+        vad = vad or VadSettings()
+        self._threshold = vad.threshold
+        self._neg_threshold = vad.neg_threshold
+        self._min_speech_s = vad.min_speech_ms / 1000
+        self._min_silence_s = vad.min_silence_ms / 1000
+        self._pad_s = vad.speech_pad_ms / 1000
+        self._max_utterance_s = vad.max_utterance_s
         self._interim_s = interim_s
         self._interim_t = 0.0  # the last point of the interim grid (speech start + k interim_s) sent for
         # Seconds before each grid point that the speech so far is sent, so that its transcript, which takes
@@ -111,18 +100,6 @@ class Segmenter:
         self._next_index = 0
         self._continues: int | None = None
         self._audio = _AudioBuffer()
-
-    @classmethod
-    def from_settings(cls, vad: VadSettings, interim_s: float | None = None) -> Segmenter:
-        return cls(
-            threshold=vad.threshold,
-            neg_threshold=vad.neg_threshold,
-            min_speech_ms=vad.min_speech_ms,
-            min_silence_ms=vad.min_silence_ms,
-            speech_pad_ms=vad.speech_pad_ms,
-            max_utterance_s=vad.max_utterance_s,
-            interim_s=interim_s,
-        )
 
     def push(self, t: float, samples: np.ndarray, speech_prob: float) -> list[SegmentEvent]:
         """Feed one chunk of audio (starting at media time t) and its speech probability."""

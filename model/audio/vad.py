@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from stream.audio.resample import SAMPLE_RATE, PcmChunk
-
+SAMPLE_RATE = 16_000
 CHUNK_SAMPLES = 512  # 32 ms at 16 kHz, the window silero expects
 _CONTEXT_SAMPLES = 64  # the model sees the last 64 samples of the previous chunk too
+
+
+@dataclass(frozen=True, slots=True)
+class PcmChunk:
+    """Mono audio; `t` is the media time (s) of samples[0]."""
+
+    t: float
+    samples: np.ndarray  # (n,) float32 in [-1, 1], 16 kHz
 
 
 def silero_model_path() -> Path:

@@ -1,44 +1,23 @@
-"""Per-utterance clues from three modalities (text, face, voice) as plain data; absent ones stay absent."""
+"""An utterance (transcript, face window, audio) → clues of three modalities as plain data; absent ones stay absent."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from model.expression import ExpressionClassifier
-from model.prosody import Prosody, SpeakerBaseline, measure_prosody
-from model.text_affect import TextAffect, analyse_text
-from model.vocabulary import SentenceEncoder
+from model.audio.prosody import Prosody, SpeakerBaseline, measure_prosody
+from model.emotion.text_affect import TextAffect, analyse_text
+from model.emotion.vocabulary import SentenceEncoder
+from model.face.expression import ExpressionClassifier
+from model.face.micro import BLINK, FaceWindow, MicroEpisode
 
 MIN_FACE_PRESENT = 0.2  # below this share of frames with the face, the face casts no vote
 MIN_VOICED = 0.05  # below this share of voiced pitch frames, the voice casts no vote
 
 
 # -- what the stream hands over ------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class FaceEpisode:
-    region: str  # AU-named signal, e.g. brow_inner_raise, lip_corner_pull
-    onset: float  # media time (s)
-    apex: float
-    offset: float
-    intensity: float
-    kind: str  # micro | macro
-
-
-@dataclass(frozen=True, slots=True)
-class FaceEvidence:
-    """What the video path saw of the speaking face over the utterance (a FaceWindow, as plain data)."""
-
-    present: float  # share of analysed frames with the face, 0..1
-    episodes: tuple[FaceEpisode, ...] = ()
-    regions: dict[str, dict[str, float]] = field(
-        default_factory=dict
-    )  # signal → {mean, max, std} over baseline
-    crops: tuple[np.ndarray, ...] = ()  # aligned face crops (S, S, 3) uint8 RGB
-
-
 @dataclass(frozen=True, slots=True)
 class UtteranceInput:
     utterance: str
@@ -47,8 +26,10 @@ class UtteranceInput:
     text: str
     words: tuple[tuple[str, float, float], ...]  # (word, start, end), media time
     pcm: np.ndarray  # (n,) float32 16 kHz mono, the utterance's own audio
-    face: FaceEvidence | None  # None: no video track at all
-    voice: np.ndarray | None = None  # (2 D,) pooled Whisper encoder states of pcm (model/heads.py), if kept
+    face: FaceWindow | None  # the speaking face over the utterance; None: no video track at all
+    voice: np.ndarray | None = (
+        None  # (2 D,) pooled Whisper encoder states of pcm (model/emotion/heads.py), if kept
+    )
 
 
 # -- clues ---------------------------------------------------------------------------------------
@@ -74,7 +55,7 @@ class TextClues:
 @dataclass(frozen=True, slots=True)
 class VisualClues:
     present: float
-    episodes: tuple[FaceEpisode, ...]  # expressions only (blinks are counted, not read as emotion)
+    episodes: tuple[MicroEpisode, ...]  # expressions only (blinks are counted, not read as emotion)
     blinks: int
     action_units: dict[str, float]  # signal → peak rise above baseline in the utterance
     expression: dict[str, float] | None  # FER class probabilities averaged over the utterance's crops
@@ -145,7 +126,7 @@ class ClueExtractor:
         embedding = self._sentences.embed_one(text) if self._sentences is not None else None
         return TextClues(text=text.strip(), affect=analyse_text(text), embedding=embedding)
 
-    def visual_clues(self, face: FaceEvidence | None) -> VisualClues | None:
+    def visual_clues(self, face: FaceWindow | None) -> VisualClues | None:
         if face is None or face.present < MIN_FACE_PRESENT:
             return None
         expression = None
@@ -153,8 +134,8 @@ class ClueExtractor:
             expression = self._expression.classify_many(list(face.crops))
         return VisualClues(
             present=face.present,
-            episodes=tuple(e for e in face.episodes if e.region != "blink"),
-            blinks=sum(1 for e in face.episodes if e.region == "blink"),
+            episodes=tuple(face.expressions),
+            blinks=sum(1 for e in face.episodes if e.region == BLINK),
             action_units={
                 name: max(0.0, float(stats.get("max", 0.0)))
                 for name, stats in face.regions.items()

@@ -1,4 +1,4 @@
-"""Fast emotion estimate: each modality votes in one affect space, weighted by its confidence; CPU, offline."""
+"""Clues → the emotion estimate (valence, arousal, families, open-vocabulary labels): learned heads or rules; CPU."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from model.cues import AudioClues, Clues, TextClues, VisualClues
-from model.heads import EmotionHeads, HeadReading, affect_of, face_features, voice_features
-from model.vocabulary import EXPRESSION_FAMILY, FAMILIES, EmotionVocabulary, RankWeights
+from model.emotion.clues import AudioClues, Clues, TextClues, VisualClues
+from model.emotion.heads import EmotionHeads, HeadReading, affect_of, face_features, voice_features
+from model.emotion.vocabulary import EXPRESSION_FAMILY, FAMILIES, EmotionVocabulary, RankWeights
 
 NAMED_EMOTION_BOOST = 0.6
 MODEL_NAME = "fast-fusion/1 (text: vader+minilm; face: au+fer; voice: parselmouth)"
@@ -290,7 +290,7 @@ def _shorten(text: str, limit: int = 60) -> str:
 
 
 class HeadsEstimator(FastEstimator):
-    """Learned heads (model/heads.py) read voice and face; their fusion gives the basic families, valence and
+    """Learned heads (model/emotion/heads.py) read voice and face; their fusion gives the basic families, valence and
     arousal. The words keep their rule-based say in valence (no labelled dialogue exists here to learn it
     from) and in the open-vocabulary ranking on top."""
 

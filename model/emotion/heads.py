@@ -4,7 +4,7 @@ The heads read features the pipeline computes anyway: the Whisper encoder's stat
 the transcription) and its prosody for the voice; the MediaPipe blendshape / AU-region statistics and FER's
 classes for the face. Each head gives a distribution over the basic families; the fusion combines whichever
 modalities are present (trained with modality dropout, so one alone, or none, still gets an answer). Weights
-live in one .npz file written by `microemo train-heads` (model/training/heads.py).
+live in one .npz file written by `microemo train-heads` (model/training/fit_heads.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.prosody import Prosody
-from model.vocabulary import DATA_DIR, FAMILIES
+from model.audio.prosody import Prosody
+from model.emotion.vocabulary import DATA_DIR, FAMILIES
 
 DEFAULT_HEADS = DATA_DIR / "heads" / "heads-1.npz"
 WHISPER_FRAME_SAMPLES = 320  # one encoder state per 20 ms of 16 kHz audio
@@ -52,7 +52,7 @@ PROSODY_FIELDS = (
 )
 _OPTIONAL_PROSODY = 6  # the first six may be unmeasurable
 
-# Face statistics the face head reads (model/cues.py's VisualClues): AU-region peaks, FER's classes
+# Face statistics the face head reads (model/emotion/clues.py's VisualClues): AU-region peaks, FER's classes
 AU_FIELDS = (
     "brow_inner_raise",
     "brow_outer_raise",
@@ -164,7 +164,7 @@ class Fusion:
     """Log-linear fusion of the modalities present: bias + Σ_present (scale_m · log p_m + shift_m).
 
     With no modality it answers the bias (the training prior); each modality's scale calibrates how much its
-    reading is trusted. Trained with modality dropout (model/training/heads.py)."""
+    reading is trusted. Trained with modality dropout (model/training/fit_heads.py)."""
 
     MODALITIES = ("voice", "face")
 

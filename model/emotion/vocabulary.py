@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 VOCABULARY_CSV = "emotion_vocabulary.csv"
 EMBEDDINGS_NPY = "emotion_vocabulary_emb.npy"
 ANCHORS_JSON = "affect_anchors.json"
 CSV_COLUMNS = ("word", "canonical", "valence", "arousal", "family")
 FAMILIES: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
-# The FER expression classes (model/expression.py) name the same seven basic emotions differently.
+# The FER expression classes (model/face/expression.py) name the same seven basic emotions differently.
 EXPRESSION_FAMILY: dict[str, str] = {
     "angry": "anger",
     "disgust": "disgust",
@@ -129,13 +129,13 @@ class EmotionVocabulary:
 
     @classmethod
     def load(cls, directory: Path | str = DATA_DIR) -> EmotionVocabulary:
-        """The table and embeddings written by `python -m model.training.vocabulary`."""
+        """The table and embeddings written by `python -m model.training.build_vocabulary`."""
         directory = Path(directory)
         table_path, embeddings_path = directory / VOCABULARY_CSV, directory / EMBEDDINGS_NPY
         for path in (table_path, embeddings_path):
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"emotion vocabulary file not found: {path} (python -m model.training.vocabulary)"
+                    f"emotion vocabulary file not found: {path} (python -m model.training.build_vocabulary)"
                 )
         with table_path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))

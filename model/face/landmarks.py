@@ -1,4 +1,4 @@
-"""Face analysis of sampled video frames: detectors/landmarkers behind a protocol, and a face tracker."""
+"""RGB frames → faces (box, 478 landmarks, blendshapes; MediaPipe or insightface behind a protocol) → tracked faces."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stream.video.signals import FaceSignals, aligned_crop, five_points, pose_from_matrix
+from model.face.signals import FaceSignals, aligned_crop, five_points, pose_from_matrix
 
 UNTRACKED = -1
 
@@ -29,7 +29,7 @@ class FaceObservation:
     blendshapes: dict[str, float] | None = None
     aligned: np.ndarray | None = None  # (S, S, 3) uint8 aligned face crop
     pose: tuple[float, float, float] | None = None  # yaw, pitch, roll degrees, where the backend measures it
-    # computed with the landmarks where they are found (stream/video/process.py); None: computed when pushed
+    # computed with the landmarks where they are found (stream/faces/face_process.py); None: computed when pushed
     signals: FaceSignals | None = None
 
 

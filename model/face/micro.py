@@ -1,4 +1,4 @@
-"""Rolling per-face buffers: baseline-subtracted region signals and micro/macro expression episodes by time window."""
+"""Tracked faces over time → rolling per-face buffers → face windows: region signals and micro/macro episodes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from stream.video.faces import FaceObservation
-from stream.video.signals import REGION_SIGNALS, face_signals
+from model.face.landmarks import FaceObservation
+from model.face.signals import REGION_SIGNALS, face_signals
+from model.settings import MicroSettings
 
 EXPRESSIVE: tuple[str, ...] = tuple(s.name for s in REGION_SIGNALS if s.expressive)
 HEAD_SIGNALS: tuple[str, ...] = tuple(s.name for s in REGION_SIGNALS if s.group == "head") + ("head_motion",)
@@ -266,23 +267,23 @@ class MicroExpressionBuffer:
 
     def __init__(
         self,
-        buffer_s: float = 30.0,
-        baseline_s: float = 2.0,
+        buffer_s: float,
+        micro: MicroSettings | None = None,
+        *,
         min_baseline_s: float = 0.5,
-        micro_max_ms: float = 500.0,
         max_episode_s: float = 6.0,
         blink_pad_s: float = 0.1,
         crop_interval_s: float = 0.5,
         max_crops: int = 4,
-        min_amplitude: float = 0.05,
-        open_z: float = 5.0,
     ) -> None:
+        """buffer_s: the history kept (video.buffer_s); micro: the episode settings (video.micro)."""
+        micro = micro or MicroSettings()
         self.buffer_s = buffer_s
         self.blink_pad_s = blink_pad_s
         self.crop_interval_s = crop_interval_s
         self.max_crops = max_crops
-        self._thresholds = EpisodeThresholds(min_amplitude=min_amplitude, open_z=open_z)
-        self._detector_args = (baseline_s, min_baseline_s, micro_max_ms / 1000.0, max_episode_s)
+        self._thresholds = EpisodeThresholds(min_amplitude=micro.min_amplitude, open_z=micro.open_z)
+        self._detector_args = (micro.baseline_s, min_baseline_s, micro.max_ms / 1000.0, max_episode_s)
         self._tracks: dict[int, _TrackBuffer] = {}
         self._frame_times: deque[float] = deque()
         self._kept: deque[tuple[float, np.ndarray]] = deque()  # (t, whole frame (S, S, 3) uint8)

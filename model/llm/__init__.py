@@ -11,14 +11,11 @@ from model.llm.loading import (
     SMOLLM2_GGUF,
     SMOLLM2_PACKAGE,
     LLMModelNotFoundError,
-    LLMSettings,
-    llm_settings,
     load_causal_lm,
     model_files,
     packaged_smollm2,
     resolve_device,
     resolve_dtype,
-    smollm2_settings,
 )
 from model.llm.messages import EmotionReasoner, LLMOutputError, ReasoningRequest, ReasoningResult
 from model.llm.prompts import (
@@ -50,7 +47,7 @@ from model.llm.reasoner import (
     positions_of,
     right_pad,
 )
-from model.llm.remote import RemoteLLMError, RemoteReasoner, RemoteSettings, RemoteStats, answer_schema
+from model.llm.remote import RemoteLLMError, RemoteReasoner, RemoteStats, answer_schema
 
 __all__ = [
     "CONTENT_FREE",
@@ -69,14 +66,12 @@ __all__ = [
     "LLMModelNotFoundError",
     "LLMOutputError",
     "LLMReasoner",
-    "LLMSettings",
     "MicroBatcher",
     "Mode",
     "ReasoningRequest",
     "ReasoningResult",
     "RemoteLLMError",
     "RemoteReasoner",
-    "RemoteSettings",
     "RemoteStats",
     "affect_of_top_labels",
     "answer_prefix",
@@ -87,7 +82,6 @@ __all__ = [
     "first_sentence",
     "json_user_message",
     "left_pad",
-    "llm_settings",
     "load_causal_lm",
     "model_files",
     "packaged_smollm2",
@@ -98,7 +92,6 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "right_pad",
-    "smollm2_settings",
     "text_ids",
     "user_message",
 ]

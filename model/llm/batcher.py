@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 
-from model.llm.loading import LLMSettings
 from model.llm.messages import EmotionReasoner, ReasoningRequest, ReasoningResult
+from model.settings import LLMSettings
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from model.llm.loading import LLMSettings, load_causal_lm, model_files, resolve_device, resolve_dtype
+from model.llm.loading import load_causal_lm, model_files, resolve_device, resolve_dtype
 from model.llm.messages import LLMOutputError, ReasoningRequest, ReasoningResult
 from model.llm.prompts import (
     CONTENT_FREE,
@@ -23,6 +23,7 @@ from model.llm.prompts import (
     prompt_ids,
     text_ids,
 )
+from model.settings import LLMSettings
 
 MAX_PRIOR_LABELS = 20_000
 
@@ -78,16 +79,18 @@ class LLMReasoner:
     batches: one model, one accelerator, and a fast tokenizer must not be used from two threads at once.
     """
 
-    def __init__(self, settings: LLMSettings) -> None:
-        folder = model_files(settings)
+    def __init__(self, settings: LLMSettings, top_k: int = 3) -> None:
+        """top_k: the labels an answer keeps (the stream passes emotion.top_k)."""
+        folder, gguf_file = model_files(settings.model_path, settings.gguf_file)
         self.settings = settings
+        self.top_k = top_k
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        self.tokenizer, self.model = load_causal_lm(folder, settings.gguf_file, self.device, self.dtype)
+        self.tokenizer, self.model = load_causal_lm(folder, gguf_file, self.device, self.dtype)
         self.pad_id = self._pad_id()
         self.hidden_size = int(self.model.get_input_embeddings().weight.shape[1])
         self.tokens_generated = 0  # new tokens written by explanations and JSON answers, for metrics
-        self._name = Path(settings.gguf_file).stem if settings.gguf_file else folder.name
+        self._name = Path(gguf_file).stem if gguf_file else folder.name
         self._label_prior: dict[str, float] = {}  # label → mean log-prob under the content-free prompt
         self._lock = threading.RLock()  # reentrant: reason_batch holds it around rank and explain
 
@@ -147,7 +150,7 @@ class LLMReasoner:
 
     def _rank_and_explain(self, requests: Sequence[ReasoningRequest]) -> list[ReasoningResult | Exception]:
         rankings = self.rank(requests)
-        tops = [sorted(range(len(p)), key=lambda i: -p[i])[: self.settings.top_k] for p in rankings]
+        tops = [sorted(range(len(p)), key=lambda i: -p[i])[: self.top_k] for p in rankings]
         explanations = self.explain(
             requests, [r.candidates[top[0]] for r, top in zip(requests, tops, strict=True)]
         )

@@ -18,6 +18,7 @@ import aiohttp
 
 from model.llm.messages import LLMOutputError, ReasoningRequest, ReasoningResult
 from model.llm.prompts import SYSTEM_PROMPT, GeneratedAnswer, json_user_message, parse_generated_answer
+from model.settings import LLMSettings
 
 logger = logging.getLogger(__name__)
 
@@ -30,23 +31,6 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 class RemoteLLMError(RuntimeError):
     """The inference server gave no usable answer (unreachable, timed out, or an HTTP error)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteSettings:
-    url: str  # the API's base URL, ending before /chat/completions, e.g. http://llm:8000/v1
-    token: str | None = None  # sent as a bearer token
-    model: str | None = None  # the served model's name; None: the first one GET {url}/models lists
-    response_format: ResponseFormat = "json_schema"
-    timeout_s: float = 20.0  # one attempt, connection to last byte
-    retries: int = 2  # further attempts after a failed one (connection, timeout, 408/429/5xx)
-    backoff_s: float = 0.5  # wait before retry n: backoff_s × 2^(n-1)
-    max_concurrency: int = 8  # requests in flight from this node; more wait here (bounded by the caller)
-    answer_tokens: int = 160
-
-    def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0 or self.max_concurrency < 1:
-            raise ValueError("timeout_s > 0, retries >= 0, backoff_s >= 0 and max_concurrency >= 1 needed")
 
 
 @dataclass(slots=True)
@@ -73,11 +57,14 @@ def answer_schema() -> dict[str, Any]:
 class RemoteReasoner:
     """Answers one request at a time over HTTP; one client session and concurrency limit per event loop."""
 
-    def __init__(self, settings: RemoteSettings) -> None:
+    def __init__(self, settings: LLMSettings) -> None:
+        """settings: backend openai, with the server's `url` (LLMSettings checks it)."""
+        if settings.url is None:
+            raise ValueError("the remote reasoner needs emotion.llm.url")
         self.settings = settings
         self.stats = RemoteStats()
         self._base = settings.url.rstrip("/")
-        self._model = settings.model
+        self._model = settings.served_model
         self._clients: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, asyncio.Semaphore]] = {}
 
     @property
@@ -154,7 +141,7 @@ class RemoteReasoner:
         for attempt in range(settings.retries + 1):
             if attempt:
                 self.stats.retries += 1
-                await asyncio.sleep(settings.backoff_s * 2 ** (attempt - 1))
+                await asyncio.sleep(settings.retry_backoff_s * 2 ** (attempt - 1))
             self.stats.attempts += 1
             try:
                 async with session.request(method, self._base + path, json=body) as response:

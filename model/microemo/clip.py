@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.encoder import EncoderConfig
+from model.microemo.encoder import EncoderConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +56,10 @@ def encoder_batch(clips: Sequence[ClipFeatures], device: torch.device) -> dict[s
             device
         ),  # (B, T) bool
     }
+
+
+def next_grid_time(next_t: float, t: float, fps: float) -> float:
+    """When the frame after one kept at t is due: on the 1/fps grid; after a gap longer than a period (dropped
+    frames, a variable-rate source) the grid restarts at t, so the next kept frame is a full period later."""
+    period = 1 / fps
+    return next_t + period if next_t + period > t else t + period

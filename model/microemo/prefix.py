@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from model.clip import ClipFeatures, check_sizes, encoder_batch
-from model.encoder import EncoderConfig, GlobalLocalEncoder
-from model.qformer import IncrementalQFormerCache, VideoQFormer, load_checkpoint
+from model.microemo.clip import ClipFeatures, check_sizes, encoder_batch
+from model.microemo.encoder import EncoderConfig, GlobalLocalEncoder
+from model.microemo.qformer import IncrementalQFormerCache, VideoQFormer, load_checkpoint
 
 
 def utterance_tokens(

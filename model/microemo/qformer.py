@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from model.encoder import Block, EncoderConfig, GlobalLocalEncoder, check_shape
+from model.microemo.encoder import Block, EncoderConfig, GlobalLocalEncoder, check_shape
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ class IncrementalQFormerCache:
     def add_utterance(self, encoder_tokens: Tensor, encoder_mask: Tensor | None = None) -> Tensor:
         """Encodes only this segment, (B, T*, Ce) + (B, T*) bool; returns [utterance; call] (B, Q + Qc, H).
 
-        Runs in the caller's grad mode: serving calls it under inference_mode (model.prefix), training with
+        Runs in the caller's grad mode: serving calls it under inference_mode (model.microemo.prefix), training with
         gradients, so that every parameter serving uses is trained through this very code.
         """
         utterance = self.model.encode_utterance(encoder_tokens, encoder_mask)  # (B, Q, C)

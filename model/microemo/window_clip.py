@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import torch
 
-from model.clip import ClipFeatures
-from stream.video.micro import FaceWindow
+from model.face.micro import FaceWindow
+from model.microemo.clip import ClipFeatures
 
 
 def as_clip_features(

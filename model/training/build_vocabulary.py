@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from model.vocabulary import (
+from model.emotion.vocabulary import (
     ANCHORS_JSON,
     CSV_COLUMNS,
     DATA_DIR,

@@ -13,18 +13,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.clip import ClipFeatures
-from model.training.evaluation import LabelledClip, load_manifest
-from stream.video.clips import as_clip_features, crop_of_size
-from stream.video.faces import (
+from model.face.landmarks import (
     FaceAnalyzer,
     FaceObservation,
     FaceTracker,
     MediaPipeFaceAnalyzer,
     choose_speaker,
 )
-from stream.video.signals import aligned_crop, face_signals, five_points
-from stream.video.stage import next_grid_time
+from model.face.signals import aligned_crop, face_signals, five_points
+from model.microemo.clip import ClipFeatures, next_grid_time
+from model.microemo.window_clip import as_clip_features, crop_of_size
+from model.training.evaluation import LabelledClip, load_manifest
 
 FEATURES_VERSION = 3  # bump when extraction changes, so stale cache files are not reused
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.vocabulary import FAMILIES
+from model.emotion.vocabulary import FAMILIES
 
 log = logging.getLogger(__name__)
 

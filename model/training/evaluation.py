@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from model.heads import FAMILY_AFFECT
-from model.vocabulary import FAMILIES, EmotionVocabulary
+from model.emotion.heads import FAMILY_AFFECT
+from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
 
 # The predicted family of a clip without a final emotion estimate: wrong whatever the truth, never "neutral".
 UNANSWERED = "none"

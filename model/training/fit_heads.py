@@ -1,4 +1,4 @@
-"""Training of the emotion heads (model/heads.py) on labelled utterance features; deterministic, CPU, minutes.
+"""Training of the emotion heads (model/emotion/heads.py) on labelled utterance features; deterministic, CPU, minutes.
 
 Each head is a small MLP over standardised features, trained with class-balanced cross-entropy. The fusion is
 fitted on out-of-fold readings (speaker-grouped folds, so it learns how far a head's reading of an *unseen*
@@ -17,9 +17,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from model.heads import Fusion, HeadReading, Mlp
+from model.emotion.heads import Fusion, HeadReading, Mlp
+from model.emotion.vocabulary import FAMILIES
 from model.training.evaluation import family_scores
-from model.vocabulary import FAMILIES
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Training of encoder → Q-Formers → projector as a soft prompt of a frozen causal LM, on labelled calls.
 
 Training asks as serving asks: each utterance of a call goes through the same incremental Q-Former cache
-(model.prefix.utterance_tokens), its tokens stand before the same prompt (model.llm.prompt_ids: clues,
+(model.microemo.prefix.utterance_tokens), its tokens stand before the same prompt (model.llm.prompt_ids: clues,
 transcript, the stage's template), and the target is the continuation serving reads as the answer
 (model.llm.answer_text).
 """
@@ -20,11 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from model.clip import ClipFeatures, check_sizes
-from model.encoder import EncoderConfig, GlobalLocalEncoder
 from model.llm import (
     CONTENT_FREE,
-    LLMSettings,
     Mode,
     answer_text,
     load_causal_lm,
@@ -34,8 +31,10 @@ from model.llm import (
     resolve_dtype,
     text_ids,
 )
-from model.prefix import utterance_tokens
-from model.qformer import CHECKPOINT_FORMAT, IncrementalQFormerCache, QFormerConfig, VideoQFormer
+from model.microemo.clip import ClipFeatures, check_sizes
+from model.microemo.encoder import EncoderConfig, GlobalLocalEncoder
+from model.microemo.prefix import utterance_tokens
+from model.microemo.qformer import CHECKPOINT_FORMAT, IncrementalQFormerCache, QFormerConfig, VideoQFormer
 from model.training.evaluation import LabelledClip
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ def call_prefixes(
     encoder: GlobalLocalEncoder, qformer: VideoQFormer, calls: Sequence[TrainingCall], device: torch.device
 ) -> Tensor:
     """Every utterance of every call → (U, Q + Qc, H) LLM tokens, each call through a fresh incremental cache,
-    utterance by utterance, as serving (model.prefix.PrefixEncoder.tokens) computes them; with gradients."""
+    utterance by utterance, as serving (model.microemo.prefix.PrefixEncoder.tokens) computes them; with gradients."""
     tokens = []
     for call in calls:
         cache = IncrementalQFormerCache(qformer)
@@ -256,7 +255,7 @@ def check_can_start(out_dir: Path, resume: bool, llm_path: Path, gguf_file: str 
         raise CheckpointExistsError(
             f"{out_dir} already holds a training run ({latest}); resume it or pick another"
         )
-    return model_files(LLMSettings(model_path=llm_path, gguf_file=gguf_file))
+    return model_files(llm_path, gguf_file)[0]
 
 
 def save_training_checkpoint(
@@ -271,7 +270,7 @@ def save_training_checkpoint(
 ) -> Path:
     """step-N.pt and latest.pt; load_checkpoint reads the modules back, `restore` the training state too."""
     payload = {
-        # The same keys as model.qformer.save_checkpoint, so inference loads a training checkpoint as it is
+        # The same keys as model.microemo.qformer.save_checkpoint, so inference loads a training checkpoint as it is
         "format": CHECKPOINT_FORMAT,
         "qformer_config": asdict(qformer.cfg),
         "qformer": qformer.state_dict(),

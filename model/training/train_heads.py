@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.heads import save_heads
+from model.emotion.heads import save_heads
+from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
 from model.training.corpora import EVALUATION_ONLY
 from model.training.evaluation import LabelledClip, family_of, load_manifest
-from model.training.heads import (
+from model.training.fit_heads import (
     HeadConfig,
     LabelledFeatures,
     fit_fusion,
@@ -28,8 +29,7 @@ from model.training.heads import (
     scores,
     train_mlp,
 )
-from model.vocabulary import FAMILIES, EmotionVocabulary
-from stream.training.head_features import extract_voice
+from model.training.voice_features import extract_voice
 
 log = logging.getLogger(__name__)
 HEADS_VERSION = 1

@@ -6,9 +6,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from model.clip import ClipFeatures
+from model.microemo.clip import ClipFeatures
+from model.training.clip_features import extract_manifest
 from model.training.evaluation import LabelledClip
-from model.training.projector import (
+from model.training.fit_projector import (
     TrainConfig,
     TrainingUtterance,
     TrainResult,
@@ -16,7 +17,6 @@ from model.training.projector import (
     target_text,
     train,
 )
-from stream.training.clip_features import extract_manifest
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,12 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from model.heads import voice_features
-from model.prosody import measure_prosody
-from stream.audio.asr import FasterWhisperTranscriber
-from stream.audio.resample import PcmChunk
-from stream.audio.segmenter import ClosedUtterance, Segmenter
-from stream.audio.vad import SileroModel
-from stream.config import AsrSettings, VadSettings
+from model.audio.prosody import measure_prosody
+from model.audio.segmenter import ClosedUtterance, Segmenter
+from model.audio.vad import PcmChunk, SileroModel
+from model.audio.whisper import FasterWhisperTranscriber
+from model.emotion.heads import voice_features
+from model.settings import AsrSettings, VadSettings
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16_000
@@ -48,7 +47,7 @@ class VoiceFeatureExtractor:
 
     def utterances(self, pcm: npt.NDArray[np.float32]) -> list[ClosedUtterance]:
         """The utterances a live call would close from this audio (the end of the clip closes the last)."""
-        segmenter = Segmenter.from_settings(self._vad_settings)
+        segmenter = Segmenter(self._vad_settings)
         stream = self._vad.stream()
         events = []
         for scored, prob in stream.push(PcmChunk(0.0, pcm)):

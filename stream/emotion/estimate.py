@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from model.cues import Clues, UtteranceInput
-from model.estimator import EmotionEstimate
-from model.prosody import SpeakerBaseline
+from model.audio.prosody import SpeakerBaseline
+from model.emotion.clues import UtteranceInput
 from stream import metrics
-from stream.audio.segmenter import ClosedUtterance
-from stream.emotion import EmotionStage, LLMRefiner, face_evidence
+from stream.emotion.emotion_service import EmotionService
+from stream.emotion.refiner import LLMRefiner
 from stream.events import EmotionEvent, Label
-from stream.pipeline import EndOfStream, ParticipantContext, Processor
-from stream.stages.faces import SeenUtterance
-from stream.video.micro import FaceWindow
-
-
-@dataclass(frozen=True, slots=True)
-class EstimatedUtterance:
-    """An utterance's clues and the fast estimate from them, for the LLM to refine."""
-
-    uid: str
-    utterance: ClosedUtterance
-    text: str
-    clues: Clues
-    estimate: EmotionEstimate
-    window: FaceWindow | None
-    refine: bool = False  # the LLM stage will give the final word
+from stream.frames import EstimatedUtterance, SeenUtterance
+from stream.pipeline import ParticipantContext, Processor
 
 
 class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
@@ -39,16 +24,13 @@ class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
     is skipped, counted); it reads the speaker's pitch and loudness baseline without moving it, and goes no
     further down the chain."""
 
-    def __init__(self, context: ParticipantContext, emotion: EmotionStage) -> None:
-        super().__init__()
+    def __init__(self, context: ParticipantContext, emotion: EmotionService) -> None:
+        super().__init__(context)
         self._context = context
         self._emotion = emotion
         self._speaker = SpeakerBaseline()  # this participant's usual pitch and loudness
 
-    async def process(self, frame: SeenUtterance | EndOfStream) -> None:
-        if isinstance(frame, EndOfStream):
-            await self.push(frame)
-            return
+    async def handle(self, frame: SeenUtterance) -> None:
         context, utterance, transcript = self._context, frame.utterance, frame.transcript
         if not frame.final and not self._emotion.idle:
             metrics.INTERIM_SKIPPED.labels("emotion").inc()
@@ -62,15 +44,14 @@ class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
                 (w.word, w.start - utterance.pcm_t0, w.end - utterance.pcm_t0) for w in transcript.words
             ),
             pcm=utterance.pcm,
-            face=face_evidence(frame.window) if frame.window is not None else None,
+            face=frame.window,
             voice=transcript.voice,
         )
         speaker = self._speaker if frame.final else copy.deepcopy(self._speaker)
         try:
             clues, estimate = await self._emotion.estimate(request, speaker)
         except Exception as exc:
-            context.log.exception("emotion estimate failed for %s", frame.uid)
-            context.error("emotion_failed", f"emotion estimate failed: {exc!r}", frame.uid)
+            self.report("emotion_failed", f"emotion estimate failed: {exc!r}", frame.uid)
             return
         if not frame.final:
             interim = EstimatedUtterance(frame.uid, utterance, transcript.text, clues, estimate, frame.window)
@@ -94,17 +75,16 @@ class Refine(Processor[EstimatedUtterance, EstimatedUtterance]):
     every refinement under way."""
 
     def __init__(self, context: ParticipantContext, refiner: LLMRefiner) -> None:
-        super().__init__()
+        super().__init__(context)
         self._context = context
         self._refiner = refiner
         self._refining: set[asyncio.Task[None]] = set()
 
-    async def process(self, frame: EstimatedUtterance | EndOfStream) -> None:
-        if isinstance(frame, EndOfStream):
-            if self._refining:
-                await asyncio.gather(*self._refining, return_exceptions=True)
-            await self.push(frame)
-            return
+    async def finish(self) -> None:
+        if self._refining:
+            await asyncio.gather(*self._refining, return_exceptions=True)
+
+    async def handle(self, frame: EstimatedUtterance) -> None:
         if not frame.refine:
             await self.push(frame)
             return
@@ -120,8 +100,7 @@ class Refine(Processor[EstimatedUtterance, EstimatedUtterance]):
             )
             refined = replace(frame, estimate=estimate)
         except Exception as exc:
-            context.log.warning("LLM refinement failed for %s: %r", frame.uid, exc)
-            context.error("llm_failed", f"LLM refinement failed, fast estimate kept: {exc}", frame.uid)
+            self.report("llm_failed", f"LLM refinement failed, fast estimate kept: {exc}", frame.uid)
             refined = frame
         context.publish(emotion_event(context, refined, final=True))
         context.observe_latency("emotion_final", frame.utterance.t1)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 from stream import metrics
 from stream.clock import LiveClock, MediaClock
-from stream.emotion import EmotionStage
+from stream.emotion.emotion_service import EmotionService
 from stream.events import Label, ReactionEvent
-from stream.pipeline import EndOfStream, ParticipantContext, Processor
-from stream.stages.emotion import EstimatedUtterance
-from stream.stages.faces import CATCH_UP_S, VideoFrames, caught_up
+from stream.faces.windows import CATCH_UP_S, VideoFrames, caught_up
+from stream.frames import EstimatedUtterance
+from stream.pipeline import ParticipantContext, Processor
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +50,19 @@ class React(Processor[EstimatedUtterance, EstimatedUtterance]):
     clocks start at their own first frames, so the span is carried over through the wall clock; a participant
     whose camera is off, or shows no face over the span, gets none."""
 
-    def __init__(self, context: ParticipantContext, listeners: Listeners, emotion: EmotionStage) -> None:
-        super().__init__()
+    def __init__(self, context: ParticipantContext, listeners: Listeners, emotion: EmotionService) -> None:
+        super().__init__(context)
         self._context = context
         self._listeners = listeners
         self._emotion = emotion
 
-    async def process(self, frame: EstimatedUtterance | EndOfStream) -> None:
-        if not isinstance(frame, EndOfStream):
-            others = self._listeners.others(self._context.call, self._context.participant)
-            reactions = await asyncio.gather(*(self._reaction(listener, frame) for listener in others))
-            for reaction in reactions:
-                if reaction is not None:
-                    self._context.publish(reaction)
-                    metrics.REACTIONS.inc()
+    async def handle(self, frame: EstimatedUtterance) -> None:
+        others = self._listeners.others(self._context.call, self._context.participant)
+        reactions = await asyncio.gather(*(self._reaction(listener, frame) for listener in others))
+        for reaction in reactions:
+            if reaction is not None:
+                self._context.publish(reaction)
+                metrics.REACTIONS.inc()
         await self.push(frame)
 
     async def _reaction(self, listener: Listener, frame: EstimatedUtterance) -> ReactionEvent | None:

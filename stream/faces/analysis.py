@@ -1,4 +1,4 @@
-"""One participant's video: frames sampled at analysis_fps → a worker thread → faces → micro-expression buffer."""
+"""One participant's sampled video frames → a worker thread → tracked faces → micro-expression buffer → face windows."""
 
 from __future__ import annotations
 
@@ -13,29 +13,22 @@ from typing import Any
 import av
 import numpy as np
 
-from stream import metrics
-from stream.config import VideoSettings
-from stream.overload import FrameShare, Shedder
-from stream.threads import name_this_thread
-from stream.video.faces import (
+from model.face.landmarks import (
     FaceAnalyzer,
     FaceTracker,
     choose_speaker,
     make_face_analyzer,
     release_freed_memory,
 )
-from stream.video.micro import FaceWindow, MicroExpressionBuffer
-from stream.video.process import FaceProcesses
+from model.face.micro import FaceWindow, MicroExpressionBuffer
+from stream import metrics
+from stream.config import VideoSettings
+from stream.faces.face_process import FaceProcesses
+from stream.faces.sampling import FrameSampler, WholeFrames
+from stream.overload import Shedder
+from stream.threads import name_this_thread
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class WholeFrames:
-    """Whole frames the visual encoder needs: resized to size × size, fps of them a second (as in training)."""
-
-    size: int
-    fps: float
 
 
 @dataclass(slots=True)
@@ -46,13 +39,6 @@ class _Sampled:
     t: float
     keep: bool  # a whole frame for the visual encoder
     analyse: bool = True  # False once a backlog dropped its analysis (a kept frame is never dropped)
-
-
-def next_grid_time(next_t: float, t: float, fps: float) -> float:
-    """When the frame after one kept at t is due: on the 1/fps grid; after a gap longer than a period (dropped
-    frames, a variable-rate source) the grid restarts at t, so the next kept frame is a full period later."""
-    period = 1 / fps
-    return next_t + period if next_t + period > t else t + period
 
 
 class FaceHealth:
@@ -92,26 +78,19 @@ FACE_HEALTH = FaceHealth()
 
 
 class VideoAnalysis:
-    """The event loop only samples and enqueues frames; decoding to RGB and every model run happen in the
-    worker. When the worker falls behind, the oldest queued frames are dropped and counted.
+    """The event loop only samples (stream/faces/sampling.py) and enqueues frames; decoding to RGB and every model
+    run happen in the worker. When the worker falls behind, the oldest queued frames are dropped and counted.
 
-    Participants share `max_total_fps`: each samples at min(analysis_fps, max_total_fps / participants).
-    The worker is not niced (a niced thread holding the GIL stalls the event loop); while speech
-    runs late (the loop, or the audio at the VAD), `shedder` thins the sampled frames further
-    (stream/overload.py; counted in `shed`). With `processes` the face models (and each face's signals) run in a
-    child process (stream/video/process.py) at `nice`, and the worker only converts frames, tracks faces and
-    fills the buffer.
+    The worker is not niced (a niced thread holding the GIL stalls the event loop). With `processes` the face
+    models (and each face's signals) run in a child process (stream/faces/face_process.py) at `nice`, and the
+    worker only converts frames, tracks faces and fills the buffer.
 
-    With `whole_frames` (only when a visual encoder serves the LLM stage) the buffer also keeps whole frames,
-    downsized, on a grid of their own at whole_frames.fps (training's), for the same buffer_s, whatever the
-    analysis rate and its drops: an utterance's FaceWindow then carries them to the encoder.
+    Whole frames kept for the visual encoder go into the buffer downsized, for the same buffer_s, and are never
+    dropped with a backlog (they only lose their analysis): an utterance's FaceWindow carries them to the encoder.
 
     A frame whose analysis raises is skipped, counted (`failures`, `health`, /metrics) and logged; at the first
     one, `on_failure(message)` is called from the worker thread, so that the participant hears of it once.
     """
-
-    _live = 0  # instances analysing now, in this process
-    _live_lock = threading.Lock()
 
     def __init__(
         self,
@@ -125,33 +104,21 @@ class VideoAnalysis:
     ) -> None:
         self._settings = settings
         self._processes = processes
-        self._share = FrameShare(shedder)
         self._name = name
         self._on_failure = on_failure
         self._health = health
         self.failures = 0  # frames whose analysis raised
-        self._whole_frames = whole_frames
-        self._next_keep_t = 0.0
-        self.missed_whole_frames = 0  # grid times of whole_frames.fps with no frame to keep
-        self._warned_whole_frames = False
         self._analyzer: FaceAnalyzer | None = None
         ready = threading.Event()
         failure: list[BaseException] = []
         self._tracker = FaceTracker(track_ttl_s=settings.track_ttl_s)
-        self.buffer = MicroExpressionBuffer(
-            buffer_s=settings.buffer_s,
-            micro_max_ms=settings.micro.max_ms,
-            baseline_s=settings.micro.baseline_s,
-            min_amplitude=settings.micro.min_amplitude,
-            open_z=settings.micro.open_z,
-        )
+        self.buffer = MicroExpressionBuffer(settings.buffer_s, settings.micro)
         self._queue: deque[_Sampled] = deque()
         self._wake = threading.Condition()
-        self._next_sample_t = 0.0
         self._stopped = False
+        self._closed = False
         self.analysed_until = -1.0  # media time of the last frame the worker finished
         self.dropped = 0
-        self.shed = 0  # sampled frames not analysed because the event loop lagged
         # The analyzer is made in the worker, after its niceness is set, so the threads it starts inherit it.
         self._thread = threading.Thread(
             target=self._work, args=(ready, failure), name=f"video-{name}", daemon=True
@@ -160,56 +127,33 @@ class VideoAnalysis:
         ready.wait()
         if failure:
             raise failure[0]
-        with VideoAnalysis._live_lock:
-            VideoAnalysis._live += 1
-        self._counted = True
+        self.sampler = FrameSampler(settings, name, whole_frames, shedder)
 
     @property
     def fps(self) -> float:
-        """This participant's share of the analysis rate now."""
-        return min(self._settings.analysis_fps, self._settings.max_total_fps / max(1, VideoAnalysis._live))
+        return self.sampler.fps
+
+    @property
+    def shed(self) -> int:
+        return self.sampler.shed
+
+    @property
+    def missed_whole_frames(self) -> int:
+        return self.sampler.missed_whole_frames
 
     def offer(self, frame: av.VideoFrame, t: float) -> None:
-        """Called on the event loop for every received frame; keeps one per 1/fps for analysis, and with
-        whole_frames one per 1/whole_frames.fps for the visual encoder, on a grid of its own (as training's).
-
-        A whole frame is also analysed (its face crop is part of the encoder's input, as in training) and is
-        never dropped with a backlog: when the worker falls behind, such a frame only loses its analysis.
-        """
-        keep = self._whole_frames is not None and t + 1e-6 >= self._next_keep_t
-        if keep:
-            self._keep_due(t)
-        elif t + 1e-6 < self._next_sample_t:
+        """Called on the event loop for every received frame: a sampled one is queued for the worker."""
+        sample = self.sampler.sample(t)
+        if sample is None:
             return
-        self._next_sample_t = max(self._next_sample_t + 1 / self.fps, t)
-        analyse = self._share.keep()  # overload sheds frames before speech waits (stream/overload.py)
-        if not analyse:
-            self.shed += 1
-            if not keep:
-                return
         with self._wake:
-            if analyse and sum(1 for item in self._queue if item.analyse) >= self._settings.queue_frames:
+            if (
+                sample.analyse
+                and sum(1 for item in self._queue if item.analyse) >= self._settings.queue_frames
+            ):
                 self._drop_oldest_analysis()
-            self._queue.append(_Sampled(frame, t, keep, analyse))
+            self._queue.append(_Sampled(frame, t, sample.keep, sample.analyse))
             self._wake.notify()
-
-    def _keep_due(self, t: float) -> None:
-        """Advance the whole-frame grid past t; a source sending fewer frames than it needs is logged once."""
-        assert self._whole_frames is not None
-        fps = self._whole_frames.fps
-        if self._next_keep_t > 0 and t - self._next_keep_t >= 1 / fps - 1e-6:  # a grid time passed unkept
-            self.missed_whole_frames += int((t - self._next_keep_t + 1e-6) * fps)
-            if not self._warned_whole_frames:
-                self._warned_whole_frames = True
-                log.warning(
-                    "%s: no frame for the visual encoder between %.2f and %.2f s: the video comes at fewer than "
-                    "emotion.llm.projector_fps = %g frames a second (counted in missed_whole_frames)",
-                    self._name,
-                    self._next_keep_t,
-                    t,
-                    fps,
-                )
-        self._next_keep_t = next_grid_time(self._next_keep_t, t, fps)
 
     def _drop_oldest_analysis(self) -> None:  # under self._wake
         oldest = next(item for item in self._queue if item.analyse)
@@ -268,9 +212,10 @@ class VideoAnalysis:
 
     def _analyse(self, item: _Sampled) -> None:
         frame, t = item.frame, item.t
-        if item.keep and self._whole_frames is not None:
-            size = self._whole_frames.size
-            # From the full frame, squashed to a square, as stream/training/clip_features.py makes training clips
+        whole_frames = self.sampler.whole_frames
+        if item.keep and whole_frames is not None:
+            size = whole_frames.size
+            # From the full frame, squashed to a square, as model/training/clip_features.py makes training clips
             self.buffer.keep_frame(t, frame.to_ndarray(format="rgb24", width=size, height=size))
         if not item.analyse:
             return
@@ -303,10 +248,9 @@ class VideoAnalysis:
             self._queue.clear()
             self._wake.notify()
         self._thread.join(timeout=5)
-        if self._counted:  # once, however often close is called
-            self._counted = False
-            with VideoAnalysis._live_lock:
-                VideoAnalysis._live -= 1
+        if not self._closed:  # once, however often close is called
+            self._closed = True
+            self.sampler.close()
             if self.failures:
                 log.warning("%s: face analysis failed on %d frames", self._name, self.failures)
                 self._health.left()

@@ -32,10 +32,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from model.face.landmarks import FaceAnalyzer, FaceObservation, make_face_analyzer, release_freed_memory
+from model.face.signals import face_signals
 from stream import metrics
 from stream.config import VideoSettings
-from stream.video.faces import FaceAnalyzer, FaceObservation, make_face_analyzer, release_freed_memory
-from stream.video.signals import face_signals
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class FaceProcess:
         # ends when the server's end of the socket closes, however the server ends.
         parent, child = socket.socketpair()
         settings = self._settings
-        command = [sys.executable, "-m", "stream.video.process", str(child.fileno()), settings.backend]
+        command = [sys.executable, "-m", "stream.faces.face_process", str(child.fileno()), settings.backend]
         command += [settings.model_path or "", str(settings.num_faces), str(settings.nice)]
         with child:
             process = subprocess.Popen(command, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)

@@ -4,39 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import av
 
-from stream.audio.asr import Transcript
-from stream.audio.segmenter import ClosedUtterance
+from stream.clock import pts_seconds
 from stream.config import VideoSettings
 from stream.events import FaceEvent
+from stream.faces.analysis import VideoAnalysis
+from stream.faces.face_process import FaceProcesses
+from stream.faces.sampling import WholeFrames
+from stream.frames import HeardUtterance, MediaStalled, SeenUtterance
 from stream.overload import Shedder
-from stream.pipeline import EndOfStream, MediaStalled, ParticipantContext, Processor
-from stream.stages.speech import pts_seconds
-from stream.stages.transcribe import HeardUtterance
-from stream.video.micro import FaceWindow
-from stream.video.process import FaceProcesses
-from stream.video.stage import VideoAnalysis, WholeFrames
+from stream.pipeline import ParticipantContext, Processor
 
 CATCH_UP_S = 1.0  # how long an utterance's face window waits for frames still in analysis
 _NO_FACE: dict[str, Any] = {"track": None, "present": 0.0, "regions": {}, "micro": []}
 
 
-@dataclass(frozen=True, slots=True)
-class SeenUtterance:
-    """A heard utterance and the face evidence over it (None: no video analysis for this participant)."""
-
-    uid: str
-    utterance: ClosedUtterance
-    transcript: Transcript
-    window: FaceWindow | None
-    final: bool = True  # False: an utterance still open, seen so far
-
-
-class VideoFrames(Processor[av.VideoFrame | MediaStalled, None]):
+class VideoFrames(Processor[av.VideoFrame, None]):
     """A video track's frames, on the participant's media clock, into its face analysis (a worker thread).
     After a stall, the frames that come back are placed on the clock anew (never before those already seen).
 
@@ -52,7 +38,7 @@ class VideoFrames(Processor[av.VideoFrame | MediaStalled, None]):
         shedder: Shedder | None = None,
         processes: FaceProcesses | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(context)
         self._context = context
         self._settings = settings
         self._shedder = shedder  # thins the analysed frames while speech runs late
@@ -83,14 +69,14 @@ class VideoFrames(Processor[av.VideoFrame | MediaStalled, None]):
             processes=self._processes,
         )
 
-    async def process(self, frame: av.VideoFrame | MediaStalled | EndOfStream) -> None:
-        if isinstance(frame, EndOfStream):
-            if self.analysis is not None:
-                await asyncio.to_thread(self.analysis.close)
-            return
-        if isinstance(frame, MediaStalled):
-            self._first_pts_s = None
-            return
+    async def finish(self) -> None:
+        if self.analysis is not None:
+            await asyncio.to_thread(self.analysis.close)
+
+    async def stalled(self, frame: MediaStalled) -> None:
+        self._first_pts_s = None
+
+    async def handle(self, frame: av.VideoFrame) -> None:
         pts_s = pts_seconds(frame)
         if self._first_pts_s is None:
             offset = self._context.clock.track_offset(pts_s)
@@ -112,15 +98,12 @@ class FaceWindows(Processor[HeardUtterance, SeenUtterance]):
     def __init__(
         self, context: ParticipantContext, video: VideoFrames | None, catch_up_s: float = CATCH_UP_S
     ) -> None:
-        super().__init__()
+        super().__init__(context)
         self._context = context
         self._video = video
         self._catch_up_s = catch_up_s
 
-    async def process(self, frame: HeardUtterance | EndOfStream) -> None:
-        if isinstance(frame, EndOfStream):
-            await self.push(frame)
-            return
+    async def handle(self, frame: HeardUtterance) -> None:
         utterance = frame.utterance
         window = None
         if self._video is not None:

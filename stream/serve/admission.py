@@ -7,7 +7,7 @@ import logging
 import signal
 from collections.abc import Callable
 
-from stream.errors import ApiError
+from stream.serve.errors import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from stream.errors import ApiError
+from stream.serve.errors import ApiError
 
 
 class Authorizer:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from stream import metrics
 from stream.config import WebRTCSettings
-from stream.errors import ApiError
+from stream.serve.errors import ApiError
 
 
 @dataclass(slots=True)

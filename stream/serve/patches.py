@@ -17,7 +17,7 @@ from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from stream.auth import redact
+from stream.serve.auth import redact
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def apply(host_addresses: list[str] | None) -> None:
     """
     for line in version_mismatches():
         log.warning(
-            "%s: check stream/patches.py (ICE host addresses, audio receivers, HTTP errors) still applies",
+            "%s: check stream/serve/patches.py (ICE host addresses, audio receivers, HTTP errors) still applies",
             line,
         )
     pin_host_addresses(host_addresses)
@@ -71,7 +71,7 @@ def pin_host_addresses(addresses: list[str] | None) -> None:
             return
         raise PatchError(
             f"aioice {version('aioice')} has no ice.get_host_addresses to replace, so webrtc.host_addresses "
-            f"cannot be honoured (stream/patches.py was written for aioice {WRITTEN_FOR['aioice']}.x)"
+            f"cannot be honoured (stream/serve/patches.py was written for aioice {WRITTEN_FOR['aioice']}.x)"
         )
     if addresses is None:
         aioice.ice.get_host_addresses = _aioice_host_addresses
@@ -141,7 +141,7 @@ def tune_audio_receivers(pc: RTCPeerConnection, prefetch_frames: int) -> None:
         names = (_JITTER_BUFFER_ATTRIBUTE, _DECODER_QUEUE_ATTRIBUTE, _DECODER_ERROR_ATTRIBUTE)
         if not all(hasattr(receiver, name) for name in names) or _aiortc_decoder_worker is None:
             log.warning(
-                "aiortc %s has no audio jitter buffer or decoder queue to tune (stream/patches.py was written "
+                "aiortc %s has no audio jitter buffer or decoder queue to tune (stream/serve/patches.py was written "
                 "for %s.x); webrtc.audio_prefetch_frames ignored and audio decoded in aiortc's thread",
                 version("aiortc"),
                 WRITTEN_FOR["aiortc"],

@@ -20,28 +20,30 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError
 from aiortc.sdp import SessionDescription
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream import metrics, patches
-from stream.admission import Admission
-from stream.audio.asr import Transcriber, TranscriptionService, make_transcriber
-from stream.audio.vad import SileroModel
-from stream.auth import Authorizer
+from model.audio.vad import SileroModel
+from model.audio.whisper import Transcriber, make_transcriber
+from model.face.landmarks import make_face_analyzer
+from stream import metrics
 from stream.config import Settings, VideoSettings
-from stream.emotion import EmotionStage
-from stream.errors import ApiError
+from stream.emotion.emotion_service import EmotionService
+from stream.emotion.reactions import Listeners
 from stream.events import EVENT_TYPES, OLDEST_VERSION, SCHEMA_PATH, SCHEMA_VERSION, is_valid_id, reply
-from stream.hub import Hub, Subscriber
-from stream.mqtt import MqttBridge
-from stream.offers import OfferLimits
+from stream.faces.analysis import FACE_HEALTH
+from stream.faces.face_process import FaceProcesses
 from stream.overload import Shedder, watch_loop_lag
+from stream.publish.hub import Hub, Subscriber
+from stream.publish.mqtt import MqttBridge
+from stream.serve import patches
+from stream.serve.admission import Admission
+from stream.serve.auth import Authorizer
+from stream.serve.errors import ApiError
+from stream.serve.offers import OfferLimits
+from stream.serve.webrtc import rtc_configuration
 from stream.session import ParticipantSession, PipelineParts, build_session
-from stream.stages.reactions import Listeners
-from stream.video.faces import make_face_analyzer
-from stream.video.process import FaceProcesses
-from stream.video.stage import FACE_HEALTH
-from stream.webrtc import rtc_configuration
+from stream.transcribe.asr_service import TranscriptionService
 
 log = logging.getLogger(__name__)
-WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
+WEB_ROOT = Path(__file__).resolve().parents[2] / "clients" / "web"
 ID_RULE = "[A-Za-z0-9_-]{1,64}"
 
 
@@ -54,7 +56,7 @@ class Services:
     asr: TranscriptionService
     offers: OfferLimits
     mqtt: MqttBridge | None = None
-    emotion: EmotionStage | None = None
+    emotion: EmotionService | None = None
     admission: Admission = field(default_factory=lambda: Admission(None, 5))
     sessions: dict[str, ParticipantSession] = field(default_factory=dict)  # by session id
     listeners: Listeners = field(default_factory=Listeners)  # who else in each call may react
@@ -215,7 +217,7 @@ async def start_session(
 ) -> tuple[ParticipantSession, RTCSessionDescription]:
     """Answer an SDP offer with a new ParticipantSession; a bad offer is a 400, an internal failure a 500, and
     neither leaves anything behind. A full or draining node answers 503 before anything is set up; too many
-    offers from `client` (its address), or in all, not yet connected: 429 or 503 (stream/offers.py)."""
+    offers from `client` (its address), or in all, not yet connected: 429 or 503 (stream/serve/offers.py)."""
     services.admission.admit(len(services.sessions))
     existing = services.find(call, participant)
     if existing is not None and (
@@ -548,7 +550,7 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
             services.hub.add_sink(services.mqtt.offer)
             services.mqtt.start()
         if settings.emotion.enabled:
-            services.emotion = await loop.run_in_executor(None, EmotionStage, settings.emotion)
+            services.emotion = await loop.run_in_executor(None, EmotionService, settings.emotion)
         app[SERVICES] = services
         # The models are millions of objects that never become garbage; frozen, the collector's full passes skip
         # them. Measured under load at 4 calls: a full pass held the GIL, and so the event loop, for 360-390 ms.

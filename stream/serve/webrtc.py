@@ -1,4 +1,4 @@
-"""WebRTC settings applied to aiortc: the ICE servers of each peer connection (patches: stream/patches.py)."""
+"""WebRTC settings applied to aiortc: the ICE servers of each peer connection (patches: stream/serve/patches.py)."""
 
 from __future__ import annotations
 

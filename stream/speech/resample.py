@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import av
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from model.audio.vad import SAMPLE_RATE, PcmChunk
+
 # A jump in the frames' pts larger than this is a gap in the stream (packet loss, a muted sender):
 # it is filled with silence so that media time keeps matching the sample count.
 _GAP_TOLERANCE_S = 0.06
 _MAX_GAP_FILL_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class PcmChunk:
-    """Mono audio; `t` is the media time (s) of samples[0]."""
-
-    t: float
-    samples: np.ndarray  # (n,) float32 in [-1, 1], 16 kHz
 
 
 class Resampler:

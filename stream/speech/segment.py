@@ -4,56 +4,33 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import av
 import numpy as np
 
+from model.audio.segmenter import Segmenter, SegmentEvent, SpeechEnded, SpeechStarted
+from model.audio.vad import SAMPLE_RATE, SileroModel
+from model.settings import VadSettings
 from stream import metrics
-from stream.audio.resample import SAMPLE_RATE, PcmChunk, Resampler
-from stream.audio.segmenter import (
+from stream.clock import MediaClock, pts_seconds
+from stream.events import SpeechEnd, SpeechStart
+from stream.frames import (
     ClosedUtterance,
-    Segmenter,
-    SegmentEvent,
-    SpeechEnded,
+    MediaStalled,
+    PcmChunk,
+    ScoredChunk,
+    ScoredUtterance,
     SpeechPaused,
     SpeechSoFar,
-    SpeechStarted,
 )
-from stream.audio.vad import SileroModel
-from stream.clock import MediaClock
-from stream.config import VadSettings
-from stream.events import SpeechEnd, SpeechStart
 from stream.overload import Shedder
-from stream.pipeline import EndOfStream, MediaStalled, ParticipantContext, Processor
+from stream.pipeline import ParticipantContext, Processor
+from stream.speech.resample import Resampler
 
 _SPEECH_HISTORY = 4096  # VAD chunks (~130 s) whose speech probabilities are kept for the utterances to come
 
 
-@dataclass(frozen=True, slots=True)
-class ScoredChunk:
-    """32 ms of audio and the VAD's speech probability for it."""
-
-    t: float  # media time (s) of samples[0]
-    samples: np.ndarray  # (512,) float32 16 kHz mono
-    speech_prob: float
-
-
-@dataclass(frozen=True, slots=True)
-class ScoredUtterance:
-    """A closed utterance with the VAD's reading over it: which face is speaking follows the VAD."""
-
-    utterance: ClosedUtterance
-    speech_t: np.ndarray  # (k,) float64 media time of each VAD chunk in [t0, t1]
-    speech_prob: np.ndarray  # (k,) float64 its speech probability
-
-
-def pts_seconds(frame: object) -> float:
-    pts, time_base = getattr(frame, "pts", None), getattr(frame, "time_base", None)
-    return float(pts * time_base) if pts is not None and time_base else 0.0
-
-
-class Resample(Processor[av.AudioFrame | MediaStalled, PcmChunk | MediaStalled]):
+class Resample(Processor[av.AudioFrame, PcmChunk]):
     """One audio track's frames → 16 kHz mono chunks on the participant's media clock. After a stall, the
     frames that come back are placed on the clock anew (never before the audio already heard)."""
 
@@ -63,11 +40,14 @@ class Resample(Processor[av.AudioFrame | MediaStalled, PcmChunk | MediaStalled])
         self._resampler: Resampler | None = None
         self._end_t = 0.0  # media time where the audio heard so far ends
 
-    async def process(self, frame: av.AudioFrame | MediaStalled | EndOfStream) -> None:
-        if isinstance(frame, EndOfStream | MediaStalled):
-            self._resampler = None
-            await self.push(frame)
-            return
+    async def finish(self) -> None:
+        self._resampler = None
+
+    async def stalled(self, frame: MediaStalled) -> None:
+        self._resampler = None
+        await self.push(frame)
+
+    async def handle(self, frame: av.AudioFrame) -> None:
         if self._resampler is None:
             t_offset = max(self._end_t, self._clock.track_offset(pts_seconds(frame)))
             self._resampler = Resampler(t_offset=t_offset)
@@ -76,7 +56,7 @@ class Resample(Processor[av.AudioFrame | MediaStalled, PcmChunk | MediaStalled])
             await self.push(chunk)
 
 
-class ScoreSpeech(Processor[PcmChunk | MediaStalled, ScoredChunk | MediaStalled]):
+class ScoreSpeech(Processor[PcmChunk, ScoredChunk]):
     """Chunks of any length → 32 ms chunks with their speech probability (silero, cheap enough for the loop).
     A stall starts the VAD afresh: its state and part-chunk belong to audio that no longer continues."""
 
@@ -91,12 +71,11 @@ class ScoreSpeech(Processor[PcmChunk | MediaStalled, ScoredChunk | MediaStalled]
         self._clock = clock if clock is not None and clock.realtime else None
         self._shedder = shedder
 
-    async def process(self, frame: PcmChunk | MediaStalled | EndOfStream) -> None:
-        if isinstance(frame, MediaStalled):
-            self._vad = self._model.stream()
-        if isinstance(frame, EndOfStream | MediaStalled):
-            await self.push(frame)
-            return
+    async def stalled(self, frame: MediaStalled) -> None:
+        self._vad = self._model.stream()
+        await self.push(frame)
+
+    async def handle(self, frame: PcmChunk) -> None:
         for chunk, speech_prob in self._vad.push(frame):
             if self._clock is not None:
                 lag = self._clock.since_media_time(chunk.t + len(chunk.samples) / SAMPLE_RATE)
@@ -107,7 +86,7 @@ class ScoreSpeech(Processor[PcmChunk | MediaStalled, ScoredChunk | MediaStalled]
             await self.push(ScoredChunk(chunk.t, chunk.samples, speech_prob))
 
 
-class Segment(Processor[ScoredChunk | MediaStalled, SpeechPaused | SpeechSoFar | ScoredUtterance]):
+class Segment(Processor[ScoredChunk, SpeechPaused | SpeechSoFar | ScoredUtterance]):
     """Publishes speech.start and speech.end; passes on pauses (for early transcription), the speech so far every
     `interim_s` (for interim transcripts) and closed utterances. At the end of the stream, or when it stalls,
     the speech still open is closed."""
@@ -120,19 +99,21 @@ class Segment(Processor[ScoredChunk | MediaStalled, SpeechPaused | SpeechSoFar |
         interim_lead: Callable[[], float] | None = None,
     ) -> None:
         """interim_lead: how long an interim transcript takes now (it is asked for that much early)."""
-        super().__init__()
+        super().__init__(context)
         self._context = context
-        self._segmenter = Segmenter.from_settings(vad, interim_s)
+        self._segmenter = Segmenter(vad, interim_s)
         self._interim_lead = interim_lead
         self._speech: deque[tuple[float, float]] = deque(maxlen=_SPEECH_HISTORY)  # (media time, probability)
 
-    async def process(self, frame: ScoredChunk | MediaStalled | EndOfStream) -> None:
-        if isinstance(frame, EndOfStream | MediaStalled):
-            for event in self._segmenter.flush("flush" if isinstance(frame, EndOfStream) else "stall"):
-                await self._segment(event)
-            if isinstance(frame, EndOfStream):
-                await self.push(frame)
-            return
+    async def finish(self) -> None:
+        for event in self._segmenter.flush("flush"):
+            await self._segment(event)
+
+    async def stalled(self, frame: MediaStalled) -> None:
+        for event in self._segmenter.flush("stall"):
+            await self._segment(event)
+
+    async def handle(self, frame: ScoredChunk) -> None:
         self._speech.append((frame.t, frame.speech_prob))
         if self._interim_lead is not None:
             self._segmenter.interim_lead_s = self._interim_lead()

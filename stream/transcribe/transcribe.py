@@ -4,32 +4,25 @@ speech still going on gets interim transcripts when the ASR has nothing else to 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import numpy as np
 
 from stream import metrics
-from stream.audio.asr import Transcript, TranscriptionService
-from stream.audio.segmenter import ClosedUtterance, SpeechPaused, SpeechSoFar
 from stream.events import UtteranceEvent, WordTiming
+from stream.frames import (
+    ClosedUtterance,
+    HeardUtterance,
+    ScoredUtterance,
+    SpeechPaused,
+    SpeechSoFar,
+    Transcript,
+)
 from stream.overload import Shedder
-from stream.pipeline import EndOfStream, ParticipantContext, Processor
-from stream.stages.speech import ScoredUtterance
+from stream.pipeline import ParticipantContext, Processor
+from stream.transcribe.asr_service import TranscriptionService
 
 # interim ticks land on the VAD's 32 ms chunks, a little past the interim_s grid: pacing allows for that
 _TICK_SLACK_S = 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class HeardUtterance:
-    """A closed utterance and what was said in it."""
-
-    uid: str  # the utterance id of the events, e.g. "alice-3"
-    utterance: ClosedUtterance
-    speech_t: np.ndarray  # (k,) as in ScoredUtterance
-    speech_prob: np.ndarray  # (k,)
-    transcript: Transcript
-    final: bool = True  # False: an utterance still open, heard so far (for interim face and emotion)
 
 
 class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUtterance]):
@@ -54,7 +47,7 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
         interim_emotion_s: float | None = None,
         shedder: Shedder | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(context)
         self._context = context
         self._asr = asr
         self._shedder = shedder  # under overload, interim work goes (stream/overload.py)
@@ -69,24 +62,24 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
         # a transcription started at a pause, keyed by (utterance index, t1): used if that pause closes it
         self._early: tuple[tuple[int, float], asyncio.Task[Transcript]] | None = None
 
-    async def process(self, frame: SpeechPaused | SpeechSoFar | ScoredUtterance | EndOfStream) -> None:
+    async def handle(self, frame: SpeechPaused | SpeechSoFar | ScoredUtterance) -> None:
         if isinstance(frame, SpeechPaused):
             self._start_early(frame.utterance)
         elif isinstance(frame, SpeechSoFar):
             self._start_interim(frame.utterance)
-        elif isinstance(frame, ScoredUtterance):
+        else:
             self._closed_index = frame.utterance.index
             if self._worker is None:
                 self._worker = asyncio.create_task(self._work())
             self._queue.put_nowait((frame, self._take_early(frame.utterance)))
-        else:
-            self._take_early(None)
-            if self._interim is not None:
-                self._interim.cancel()
-            if self._worker is not None:
-                self._queue.put_nowait(None)
-                await self._worker  # every closed utterance is transcribed and passed on first
-            await self.push(frame)
+
+    async def finish(self) -> None:
+        self._take_early(None)
+        if self._interim is not None:
+            self._interim.cancel()
+        if self._worker is not None:
+            self._queue.put_nowait(None)
+            await self._worker  # every closed utterance is transcribed and passed on first
 
     def _start_early(self, utterance: ClosedUtterance) -> None:
         self._take_early(None)  # speech resumed after the last pause: that transcript is not needed
@@ -154,8 +147,7 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
                 else:
                     transcript = await self._asr.transcribe(utterance.pcm, utterance.pcm_t0)
             except Exception as exc:
-                context.log.exception("transcription failed for %s", uid)
-                context.error("asr_failed", f"transcription failed: {exc!r}", uid)
+                self.report("asr_failed", f"transcription failed: {exc!r}", uid)
                 continue
             async with self._emit:
                 context.publish(utterance_event(context, utterance, transcript, final=True))
