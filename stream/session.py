@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection
@@ -20,7 +20,7 @@ from stream.emotion import EmotionStage
 from stream.events import ParticipantJoin, ParticipantLeave
 from stream.hub import Hub
 from stream.overload import Shedder
-from stream.pipeline import EndOfStream, MediaStalled, ParticipantContext, Processor
+from stream.pipeline import Cutoff, EndOfStream, MediaStalled, ParticipantContext, Processor
 from stream.stages.emotion import Estimate, Refine
 from stream.stages.faces import FaceWindows, VideoFrames
 from stream.stages.reactions import Listener, Listeners, React
@@ -46,6 +46,7 @@ class PipelineParts:
     listeners: Listeners | None = None
     shedder: Shedder | None = None  # what a live server sheds under overload (None: nothing, as for a file)
     face_processes: FaceProcesses | None = None  # where face models run (None: in this process's threads)
+    cutoff: Cutoff = field(default_factory=Cutoff)  # when the server stops waiting for the models (shutdown)
 
 
 def build_session(
@@ -67,6 +68,7 @@ def build_session(
         clock=clock or LiveClock(),
         publish=parts.hub.publish,
         log=logging.LoggerAdapter(log, {"call": call, "participant": participant}),
+        cutoff=parts.cutoff,
     )
     emotion = parts.emotion
     video = None

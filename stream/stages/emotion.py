@@ -13,7 +13,7 @@ from stream import metrics
 from stream.audio.segmenter import ClosedUtterance
 from stream.emotion import EmotionStage, LLMRefiner, face_evidence
 from stream.events import EmotionEvent, Label
-from stream.pipeline import EndOfStream, ParticipantContext, Processor
+from stream.pipeline import CutShort, EndOfStream, ParticipantContext, Processor
 from stream.stages.faces import SeenUtterance
 from stream.video.micro import FaceWindow
 
@@ -67,7 +67,11 @@ class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
         )
         speaker = self._speaker if frame.final else copy.deepcopy(self._speaker)
         try:
-            clues, estimate = await self._emotion.estimate(request, speaker)
+            clues, estimate = await context.cutoff.race(self._emotion.estimate(request, speaker))
+        except CutShort as exc:
+            if frame.final:  # the utterance event is out; its emotion is omitted, and the error says why
+                context.error("not_estimated", f"no emotion estimate: {exc}", frame.uid)
+            return
         except Exception as exc:
             context.log.exception("emotion estimate failed for %s", frame.uid)
             context.error("emotion_failed", f"emotion estimate failed: {exc!r}", frame.uid)
@@ -115,8 +119,8 @@ class Refine(Processor[EstimatedUtterance, EstimatedUtterance]):
     async def _refine(self, frame: EstimatedUtterance) -> None:
         context = self._context
         try:
-            estimate = await self._refiner.refine(
-                context.call, frame.uid, frame.text, frame.estimate, frame.window
+            estimate = await context.cutoff.race(  # cut short: the fast estimate stands, with llm_failed
+                self._refiner.refine(context.call, frame.uid, frame.text, frame.estimate, frame.window)
             )
             refined = replace(frame, estimate=estimate)
         except Exception as exc:

@@ -4,7 +4,7 @@ speech still going on gets interim transcripts when the ASR has nothing else to 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from stream.audio.asr import Transcript, TranscriptionService
 from stream.audio.segmenter import ClosedUtterance, SpeechPaused, SpeechSoFar
 from stream.events import UtteranceEvent, WordTiming
 from stream.overload import Shedder
-from stream.pipeline import EndOfStream, ParticipantContext, Processor
+from stream.pipeline import CutShort, EndOfStream, ParticipantContext, Processor
 from stream.stages.speech import ScoredUtterance
 
 # interim ticks land on the VAD's 32 ms chunks, a little past the interim_s grid: pacing allows for that
@@ -150,9 +150,18 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
             uid = context.utterance_id(utterance.index)
             try:
                 if early is not None:
-                    transcript = await early
+                    transcript = await context.cutoff.race(early)
                 else:
-                    transcript = await self._asr.transcribe(utterance.pcm, utterance.pcm_t0)
+                    transcript = await context.cutoff.race(
+                        self._asr.transcribe(utterance.pcm, utterance.pcm_t0)
+                    )
+            except CutShort as exc:
+                # Delivered without its text (and without face and emotion, which would wait on it): an
+                # utterance that was heard is never dropped.
+                async with self._emit:
+                    context.publish(not_transcribed_event(context, utterance))
+                    context.error("not_transcribed", f"not transcribed, no face or emotion: {exc}", uid)
+                continue
             except Exception as exc:
                 context.log.exception("transcription failed for %s", uid)
                 context.error("asr_failed", f"transcription failed: {exc!r}", uid)
@@ -182,3 +191,8 @@ def utterance_event(
         closed_by=utterance.reason if final else None,
         final=final,
     )
+
+
+def not_transcribed_event(context: ParticipantContext, utterance: ClosedUtterance) -> UtteranceEvent:
+    """The closing event of an utterance given up before it was transcribed: no text, no words."""
+    return replace(utterance_event(context, utterance, Transcript("", (), ""), final=True), transcribed=False)
