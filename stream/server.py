@@ -456,6 +456,9 @@ async def _write_events(
         if subscriber.cut_off:
             await hang_up(ws, transport, send_timeout_s, code=1008, message=b"slow consumer")
             return
+        if subscriber.ended and not subscriber.queued:  # the server's shutdown, once the last events are out
+            await hang_up(ws, transport, send_timeout_s, code=1001, message=b"server shutdown")
+            return
 
 
 async def hang_up(
@@ -532,6 +535,16 @@ async def close_sessions(services: Services, timeout_s: float) -> None:
         log.error("shutdown: %d sessions did not close in a further %g s", len(stuck), timeout_s)
 
 
+async def flush_websockets(services: Services, timeout_s: float) -> None:
+    """Let each events websocket send what is queued for it (the last utterances and leaves), then close; what
+    has not closed in `timeout_s` is hung up on by the caller."""
+    services.hub.end()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while services.websockets and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+
+
 def node_id(settings: Settings) -> str:
     return settings.server.node_id or socket.gethostname()
 
@@ -604,6 +617,7 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
     async def shutdown(app: web.Application) -> None:
         services = app[SERVICES]
         await close_sessions(services, settings.server.shutdown_timeout_s)
+        await flush_websockets(services, settings.hub.send_timeout_s)
         await asyncio.gather(
             *(
                 hang_up(ws, transport, settings.hub.send_timeout_s, code=1001, message=b"server shutdown")
