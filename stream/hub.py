@@ -31,9 +31,8 @@ class Subscriber:
         self._maxsize = maxsize
         self._ready = asyncio.Event()
         self.cut_off = False
-        self.ended = (
-            False  # the server is going: what is queued is sent, then the websocket closed (server.py)
-        )
+        # the server is going: what is queued is still sent, then the websocket is closed (server.py)
+        self.ended = False
 
     def wants(self, message: Message) -> bool:
         if self.call is not None and message.get("call") != self.call:
