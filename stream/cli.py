@@ -335,7 +335,7 @@ async def _serve(app: web.Application, settings: Settings, ssl_context: ssl.SSLC
     stopping = asyncio.Event()
     services = app[SERVICES]
     drain = Drain(
-        services.admission, lambda: len(services.sessions), settings.server.drain_timeout_s, stopping.set
+        services.admission, lambda: services.participant_count, settings.server.drain_timeout_s, stopping.set
     )
     drain.install(asyncio.get_running_loop())
     try:

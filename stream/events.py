@@ -91,6 +91,9 @@ class UtteranceEvent(CallEvent):
         None  # silence | max_length | flush (peer gone) | stall (media stopped); None: open
     )
     final: bool = True  # False: the speech so far of an utterance still open (the closing one replaces it)
+    # False: given up before it was transcribed (a shutdown cut short): text and words are empty, no face or
+    # emotion follows, and an error event (not_transcribed) says why; None (left out): transcribed
+    transcribed: bool | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

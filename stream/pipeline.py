@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from stream import metrics
@@ -15,6 +16,7 @@ from stream.frames import EndOfStream, MediaStalled
 In = TypeVar("In")
 Out = TypeVar("Out")
 After = TypeVar("After")
+Result = TypeVar("Result")
 
 
 class Processor(Generic[In, Out]):
@@ -72,6 +74,42 @@ def chain(steps: Sequence[Processor[Any, Any] | None]) -> Processor[Any, Any]:
     return present[0]
 
 
+class CutShort(Exception):
+    """The work was given up: the server stopped waiting for it (see Cutoff)."""
+
+
+class Cutoff:
+    """Shared by every session of a server: once `cut`, the stages stop waiting for model work (a transcript, an
+    estimate, the LLM) and deliver what they hold without it, marked as not done, so that a shutdown with a
+    backlog ends in time and loses nothing. Until then `race` is the work itself."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._cut = asyncio.Event()
+
+    def cut(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self._cut.set()
+
+    async def race(self, work: Awaitable[Result]) -> Result:
+        """`work`'s result, or CutShort (and `work` cancelled) when the cut comes first."""
+        task = asyncio.ensure_future(work)
+        if self.reason is None:
+            cut = asyncio.ensure_future(self._cut.wait())
+            try:
+                await asyncio.wait({task, cut}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                task.cancel()
+                raise
+            finally:
+                cut.cancel()
+        if not task.done():
+            task.cancel()
+            raise CutShort(self.reason)
+        return task.result()
+
+
 @dataclass(frozen=True, slots=True)
 class ParticipantContext:
     """Whose frames a chain carries, their media clock, and the way out for their events (the hub)."""
@@ -81,6 +119,7 @@ class ParticipantContext:
     clock: MediaClock
     publish: Callable[[CallEvent], object]
     log: logging.LoggerAdapter[logging.Logger]
+    cutoff: Cutoff = field(default_factory=Cutoff)  # the server's: when it stops waiting for the models
 
     def utterance_id(self, index: int) -> str:
         return f"{self.participant}-{index}"

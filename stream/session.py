@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection
@@ -23,7 +23,7 @@ from stream.faces.face_process import FaceProcesses
 from stream.faces.windows import FaceWindows, VideoFrames
 from stream.frames import EndOfStream, MediaStalled
 from stream.overload import Shedder
-from stream.pipeline import ParticipantContext, Processor, chain
+from stream.pipeline import Cutoff, ParticipantContext, Processor, chain
 from stream.publish.hub import Hub
 from stream.speech.segment import Resample, ScoreSpeech, Segment
 from stream.transcribe.asr_service import TranscriptionService
@@ -47,6 +47,7 @@ class PipelineParts:
     listeners: Listeners | None = None
     shedder: Shedder | None = None  # what a live server sheds under overload (None: nothing, as for a file)
     face_processes: FaceProcesses | None = None  # where face models run (None: in this process's threads)
+    cutoff: Cutoff = field(default_factory=Cutoff)  # when the server stops waiting for the models (shutdown)
 
 
 def build_session(
@@ -68,6 +69,7 @@ def build_session(
         clock=clock or LiveClock(),
         publish=parts.hub.publish,
         log=logging.LoggerAdapter(log, {"call": call, "participant": participant}),
+        cutoff=parts.cutoff,
     )
     emotion = parts.emotion
     video = None

@@ -13,7 +13,7 @@ from stream.emotion.emotion_service import EmotionService
 from stream.emotion.refiner import LLMRefiner
 from stream.events import EmotionEvent, Label
 from stream.frames import EstimatedUtterance, SeenUtterance
-from stream.pipeline import ParticipantContext, Processor
+from stream.pipeline import CutShort, ParticipantContext, Processor
 
 
 class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
@@ -49,7 +49,11 @@ class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
         )
         speaker = self._speaker if frame.final else copy.deepcopy(self._speaker)
         try:
-            clues, estimate = await self._emotion.estimate(request, speaker)
+            clues, estimate = await context.cutoff.race(self._emotion.estimate(request, speaker))
+        except CutShort as exc:
+            if frame.final:  # the utterance event is out; its emotion is omitted, and the error says why
+                context.error("not_estimated", f"no emotion estimate: {exc}", frame.uid)
+            return
         except Exception as exc:
             self.report("emotion_failed", f"emotion estimate failed: {exc!r}", frame.uid)
             return
@@ -95,8 +99,8 @@ class Refine(Processor[EstimatedUtterance, EstimatedUtterance]):
     async def _refine(self, frame: EstimatedUtterance) -> None:
         context = self._context
         try:
-            estimate = await self._refiner.refine(
-                context.call, frame.uid, frame.text, frame.estimate, frame.window
+            estimate = await context.cutoff.race(  # cut short: the fast estimate stands, with llm_failed
+                self._refiner.refine(context.call, frame.uid, frame.text, frame.estimate, frame.window)
             )
             refined = replace(frame, estimate=estimate)
         except Exception as exc:

@@ -110,7 +110,9 @@ class FaceWindows(Processor[HeardUtterance, SeenUtterance]):
             fields = _NO_FACE  # video analysis is on, but this participant sends no video
             analysis = self._video.analysis
             if analysis is not None:
-                await caught_up(analysis, utterance.t1, self._catch_up_s if frame.final else 0.0)
+                # once the server stops waiting (shutdown cut short), the frames analysed so far
+                waits = frame.final and self._context.cutoff.reason is None
+                await caught_up(analysis, utterance.t1, self._catch_up_s if waits else 0.0)
                 window = await asyncio.to_thread(
                     analysis.window, utterance.t0, utterance.t1, frame.speech_t, frame.speech_prob
                 )

@@ -31,6 +31,8 @@ class Subscriber:
         self._maxsize = maxsize
         self._ready = asyncio.Event()
         self.cut_off = False
+        # the server is going: what is queued is still sent, then the websocket is closed (server.py)
+        self.ended = False
 
     def wants(self, message: Message) -> bool:
         if self.call is not None and message.get("call") != self.call:
@@ -57,6 +59,14 @@ class Subscriber:
             reply("error", time.time(), code="slow_consumer", message=f"{why} and is disconnected")
         )
         self._ready.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._ready.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
 
     async def next_batch(self) -> list[Message]:
         await self._ready.wait()
@@ -102,6 +112,11 @@ class Hub:
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
+
+    def end(self) -> None:
+        """The server is going: each subscriber gets what is queued for it, then its websocket is closed."""
+        for subscriber in self._subscribers:
+            subscriber.end()
 
     def add_sink(self, sink: Sink) -> None:
         self._sinks.append(sink)

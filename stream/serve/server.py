@@ -31,6 +31,7 @@ from stream.events import EVENT_TYPES, OLDEST_VERSION, SCHEMA_PATH, SCHEMA_VERSI
 from stream.faces.analysis import FACE_HEALTH
 from stream.faces.face_process import FaceProcesses
 from stream.overload import Shedder, watch_loop_lag
+from stream.pipeline import Cutoff
 from stream.publish.hub import Hub, Subscriber
 from stream.publish.mqtt import MqttBridge
 from stream.serve import patches
@@ -59,12 +60,16 @@ class Services:
     emotion: EmotionService | None = None
     admission: Admission = field(default_factory=lambda: Admission(None, 5))
     sessions: dict[str, ParticipantSession] = field(default_factory=dict)  # by session id
+    # offers admitted and being answered, by session id: (call, participant). Counted with the sessions from the
+    # offer's start, before its first await, so that concurrent offers cannot all see the same free place or id.
+    reserved: dict[str, tuple[str, str]] = field(default_factory=dict)
     listeners: Listeners = field(default_factory=Listeners)  # who else in each call may react
     shedder: Shedder | None = None  # what overload sheds, from the event loop's lag (None: nothing)
     loop_lag: asyncio.Task[None] | None = None  # measures that lag (in /metrics) and tells the shedder
     face_processes: FaceProcesses | None = None  # where the face models run (None: in the analysis threads)
     # each events websocket with its connection, aborted when the client will not take a close frame
     websockets: dict[web.WebSocketResponse, asyncio.Transport | None] = field(default_factory=dict)
+    cutoff: Cutoff = field(default_factory=Cutoff)  # cut when shutdown stops waiting for the analysis
 
     def forget(self, session: ParticipantSession) -> None:
         self.sessions.pop(session.id, None)
@@ -76,6 +81,15 @@ class Services:
     def count(self) -> None:
         metrics.PARTICIPANTS.set(len(self.sessions))
         metrics.CALLS.set(len({s.call for s in self.sessions.values()}))
+
+    @property
+    def participant_count(self) -> int:
+        """Participants holding a place on this node: live sessions and offers being answered."""
+        return len(self.sessions) + len(self.reserved)
+
+    @property
+    def call_count(self) -> int:
+        return len({s.call for s in self.sessions.values()} | {call for call, _ in self.reserved.values()})
 
     def find(self, call: str, participant: str) -> ParticipantSession | None:
         for session in self.sessions.values():
@@ -218,14 +232,17 @@ async def start_session(
     """Answer an SDP offer with a new ParticipantSession; a bad offer is a 400, an internal failure a 500, and
     neither leaves anything behind. A full or draining node answers 503 before anything is set up; too many
     offers from `client` (its address), or in all, not yet connected: 429 or 503 (stream/serve/offers.py)."""
-    services.admission.admit(len(services.sessions))
+    # Admission and identity are decided here, before the first await: concurrent offers see each other's places.
+    services.admission.admit(services.participant_count)
     existing = services.find(call, participant)
-    if existing is not None and (
-        existing.pc is None or existing.pc.connectionState not in ("new", "connecting")
+    if (call, participant) in services.reserved.values() or (
+        existing is not None
+        and (existing.pc is None or existing.pc.connectionState not in ("new", "connecting"))
     ):
         raise ApiError(409, "participant_exists", f"participant '{participant}' is already in call '{call}'")
     session_id = uuid.uuid4().hex[:16]
     services.offers.admit(client, session_id)  # pending from here until its peer connects or it closes
+    services.reserved[session_id] = (call, participant)  # until its session is registered, or the offer fails
     try:
         if existing is not None:
             # An offer whose peer never connected holds no one's place: a newer offer (with the publish right
@@ -236,6 +253,8 @@ async def start_session(
     except BaseException:
         services.offers.settled(session_id)
         raise
+    finally:
+        services.reserved.pop(session_id, None)
 
 
 async def open_session(
@@ -281,6 +300,7 @@ def new_session(
         services.listeners,
         services.shedder,
         services.face_processes,
+        services.cutoff,
     )
     session = build_session(
         parts, call=call, participant=participant, session_id=session_id, pc=pc, on_closed=services.forget
@@ -438,6 +458,9 @@ async def _write_events(
         if subscriber.cut_off:
             await hang_up(ws, transport, send_timeout_s, code=1008, message=b"slow consumer")
             return
+        if subscriber.ended and not subscriber.queued:  # the server's shutdown, once the last events are out
+            await hang_up(ws, transport, send_timeout_s, code=1001, message=b"server shutdown")
+            return
 
 
 async def hang_up(
@@ -477,7 +500,7 @@ async def healthz(request: web.Request) -> web.Response:
         name for name, stage in stages.items() if stage["state"] not in ("ready", "connected", "disabled")
     ]
     # full / draining: a 503, so that the balancer sends new calls elsewhere (deploy/haproxy.cfg)
-    admission = services.admission.state(len(services.sessions))
+    admission = services.admission.state(services.participant_count)
     return web.json_response(
         {
             "status": admission or ("degraded" if degraded else "ok"),
@@ -486,12 +509,42 @@ async def healthz(request: web.Request) -> web.Response:
             "degraded": degraded,
             "auth": services.auth.enabled,
             "stages": stages,
-            "calls": len({s.call for s in services.sessions.values()}),
-            "participants": len(services.sessions),
+            "calls": services.call_count,
+            "participants": services.participant_count,
             "subscribers": services.hub.subscriber_count,
         },
         status=503 if admission else 200,
     )
+
+
+async def close_sessions(services: Services, timeout_s: float) -> None:
+    """Close every session: the speech each holds is flushed, transcribed, estimated and published, then its leave.
+    What is not done in `timeout_s` (an ASR backlog) is cut short: the utterances still waiting are published
+    untranscribed, without emotion, each with an error saying why; nothing heard is dropped, and no one's leave."""
+    closing = [s.close("server_shutdown") for s in list(services.sessions.values())]
+    if not closing:
+        return
+    _, late = await asyncio.wait(closing, timeout=timeout_s)
+    if not late:
+        return
+    log.warning("shutdown: %d participants still being analysed after %g s: cut short", len(late), timeout_s)
+    services.cutoff.cut(
+        f"the server shut down before this was done (server.shutdown_timeout_s: {timeout_s:g} s)"
+    )
+    # Without the models to wait for, what is left takes moments; a stage stuck anyway is logged, not waited for.
+    _, stuck = await asyncio.wait(late, timeout=timeout_s)
+    if stuck:
+        log.error("shutdown: %d sessions did not close in a further %g s", len(stuck), timeout_s)
+
+
+async def flush_websockets(services: Services, timeout_s: float) -> None:
+    """Let each events websocket send what is queued for it (the last utterances and leaves), then close; what
+    has not closed in `timeout_s` is hung up on by the caller."""
+    services.hub.end()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while services.websockets and loop.time() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def node_id(settings: Settings) -> str:
@@ -565,10 +618,8 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
 
     async def shutdown(app: web.Application) -> None:
         services = app[SERVICES]
-        closing = [s.close("server_shutdown") for s in list(services.sessions.values())]
-        await asyncio.wait_for(
-            asyncio.gather(*closing, return_exceptions=True), settings.server.shutdown_timeout_s
-        )
+        await close_sessions(services, settings.server.shutdown_timeout_s)
+        await flush_websockets(services, settings.hub.send_timeout_s)
         await asyncio.gather(
             *(
                 hang_up(ws, transport, settings.hub.send_timeout_s, code=1001, message=b"server shutdown")

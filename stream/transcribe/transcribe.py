@@ -4,6 +4,7 @@ speech still going on gets interim transcripts when the ASR has nothing else to 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from stream.frames import (
     Transcript,
 )
 from stream.overload import Shedder
-from stream.pipeline import ParticipantContext, Processor
+from stream.pipeline import CutShort, ParticipantContext, Processor
 from stream.transcribe.asr_service import TranscriptionService
 
 # interim ticks land on the VAD's 32 ms chunks, a little past the interim_s grid: pacing allows for that
@@ -143,9 +144,18 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
             uid = context.utterance_id(utterance.index)
             try:
                 if early is not None:
-                    transcript = await early
+                    transcript = await context.cutoff.race(early)
                 else:
-                    transcript = await self._asr.transcribe(utterance.pcm, utterance.pcm_t0)
+                    transcript = await context.cutoff.race(
+                        self._asr.transcribe(utterance.pcm, utterance.pcm_t0)
+                    )
+            except CutShort as exc:
+                # Delivered without its text (and without face and emotion, which would wait on it): an
+                # utterance that was heard is never dropped.
+                async with self._emit:
+                    context.publish(not_transcribed_event(context, utterance))
+                    context.error("not_transcribed", f"not transcribed, no face or emotion: {exc}", uid)
+                continue
             except Exception as exc:
                 self.report("asr_failed", f"transcription failed: {exc!r}", uid)
                 continue
@@ -174,3 +184,8 @@ def utterance_event(
         closed_by=utterance.reason if final else None,
         final=final,
     )
+
+
+def not_transcribed_event(context: ParticipantContext, utterance: ClosedUtterance) -> UtteranceEvent:
+    """The closing event of an utterance given up before it was transcribed: no text, no words."""
+    return replace(utterance_event(context, utterance, Transcript("", (), ""), final=True), transcribed=False)
