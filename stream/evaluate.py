@@ -1,4 +1,8 @@
-"""`microemo eval MANIFEST`: the offline pipeline on labelled clips, scored by model/training/evaluation.py."""
+"""`microemo eval MANIFEST`: labelled lines → the live pipeline's answers → scores (model/training/evaluation.py).
+
+A recording goes through the offline pipeline (the same steps as a live call); a text line goes to the same
+emotion service with its words alone, read in its dialogue's order with the turns before it (as a live call's
+transcripts are); the report breaks the scores down by modality as by dataset."""
 
 from __future__ import annotations
 
@@ -10,12 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import av
+import numpy as np
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Column, Table
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from model.emotion.clues import UtteranceInput
 from model.emotion.vocabulary import EmotionVocabulary
 from model.training.evaluation import (
     ClipPrediction,
@@ -79,10 +85,11 @@ async def evaluate_manifest(
         truth = [true_family(clip, vocabulary) for clip in clips]
     except ManifestError as exc:
         raise ManifestError(f"{manifest}: {exc}") from exc
-    missing = [clip.name for clip in clips if not clip.clip.is_file()]
+    missing = [clip.name for clip in clips if clip.clip is not None and not clip.clip.is_file()]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ManifestError(f"{manifest}: {len(missing)} clip file(s) not found: {shown}")
+    read = await read_text_lines(pipeline, [c for c in clips if c.text is not None], top_k)
     predictions: list[ClipPrediction | None] = []
     details, failed, hits = [], [], 0
     with (
@@ -93,7 +100,10 @@ async def evaluate_manifest(
         for clip, family in zip(clips, truth, strict=True):
             error = None
             try:
-                messages = await pipeline.analyze(clip.clip, Path(tmp) / "events.jsonl", progress=False)
+                if clip.clip is None:
+                    messages = read[id(clip)]
+                else:
+                    messages = await pipeline.analyze(clip.clip, Path(tmp) / "events.jsonl", progress=False)
             # A broken file among thousands should not end the run (PyAV's errors are FFmpegErrors).
             except (RuntimeError, OSError, av.error.FFmpegError) as exc:
                 log.warning("eval: %s could not be analysed, scored as unanswered: %s", clip.name, exc)
@@ -108,6 +118,50 @@ async def evaluate_manifest(
     scores = evaluate(clips, predictions, vocabulary, top_k=top_k)
     models = sorted({model for detail in details for model in detail["models"]})
     return {"manifest": str(manifest), "models": models, **scores, "failed": failed, "clips": details}
+
+
+async def read_text_lines(
+    pipeline: OfflinePipeline, lines: list[LabelledClip], top_k: int
+) -> dict[int, list[dict[str, Any]]]:
+    """Each text line's emotion, as the `emotion` message a live call would publish: by the pipeline's emotion
+    service, each dialogue in turn order (a line without one is a conversation of its own)."""
+    if not lines:
+        return {}
+    service = pipeline.emotion
+    if service is None:
+        raise ManifestError("text lines need the emotion stage (emotion.enabled)")
+    dialogues: dict[str, list[LabelledClip]] = defaultdict(list)
+    for line in lines:
+        dialogues[line.groups.get("dialogue", f"line-{id(line)}")].append(line)
+    messages: dict[int, list[dict[str, Any]]] = {}
+    for dialogue, turns in dialogues.items():
+        turns.sort(key=lambda line: int(line.groups.get("turn", "0")))
+        for line in turns:
+            utterance = UtteranceInput(
+                utterance=line.name,
+                t0=0.0,
+                t1=0.0,
+                text=line.text or "",
+                words=(),
+                pcm=np.zeros(0, np.float32),
+                face=None,
+            )
+            speaker = line.groups.get("speaker", "speaker")
+            _, estimate = await service.estimate(utterance, None, conversation=(dialogue, speaker))
+            messages[id(line)] = [
+                {
+                    "type": "emotion",
+                    "final": True,
+                    "t0": 0.0,
+                    "t1": 0.0,
+                    "labels": [{"label": w, "score": s} for w, s in estimate.labels[:top_k]],
+                    "valence": estimate.valence,
+                    "arousal": estimate.arousal,
+                    "model": service.name,
+                }
+            ]
+        service.end_call(dialogue)
+    return messages
 
 
 def clip_detail(

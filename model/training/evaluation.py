@@ -18,15 +18,20 @@ from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
 
 # The predicted family of a clip without a final emotion estimate: wrong whatever the truth, never "neutral".
 UNANSWERED = "none"
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 # Keys a manifest line may carry with a meaning of their own; any other key is a grouping key (dataset, ...).
-MANIFEST_KEYS = frozenset({"clip", "labels", "valence", "arousal", "description", "family"})
+MANIFEST_KEYS = frozenset({"clip", "text", "labels", "valence", "arousal", "description", "family"})
+# Keys that order a text line in its conversation (grouping keys too): read with the turns before it
+DIALOGUE_KEYS = ("dialogue", "turn", "speaker")
 
 
 @dataclass(frozen=True, slots=True)
 class LabelledClip:
-    """One line of a manifest (JSON lines): the clip's file and what a person would say it shows."""
+    """One line of a manifest (JSON lines): the clip's file (a recording, or a still image standing for a face-only
+    clip) or, instead, the text of an utterance (with its `dialogue`, `turn` and `speaker` among the groups), and
+    what a person would say it shows."""
 
-    clip: Path  # resolved against the manifest's folder
+    clip: Path | None  # resolved against the manifest's folder; None for a text line
     labels: tuple[str, ...]  # open vocabulary, most fitting first
     valence: float | None = None  # -1..1; None (with arousal) where a corpus gives categories only
     arousal: float | None = None  # -1..1
@@ -34,10 +39,20 @@ class LabelledClip:
     family: str | None = None  # the basic family the corpus means (FAMILIES); None: the first label's
     groups: Mapping[str, str] = field(default_factory=dict)  # other keys of the line: dataset, speaker, ...
     name: str = ""  # the clip as the manifest writes it; empty: the file's name
+    text: str | None = None  # a text line: the utterance's words (then clip is None)
 
     def __post_init__(self) -> None:
+        if (self.clip is None) == (self.text is None):
+            raise ValueError("a line has a clip or a text, not both and not neither")
         if not self.name:
-            object.__setattr__(self, "name", self.clip.name)
+            object.__setattr__(self, "name", self.clip.name if self.clip is not None else self.text or "")
+
+    @property
+    def modality(self) -> str:
+        """text, image (a still: the face alone), or media (a recording: voice, words and maybe face)."""
+        if self.clip is None:
+            return "text"
+        return "image" if self.clip.suffix.lower() in IMAGE_SUFFIXES else "media"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +75,7 @@ def load_manifest(path: Path) -> list[LabelledClip]:
             clips.append(clip_from_line(json.loads(line), path.parent))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ManifestError(
-                f"{path}:{number}: {exc!r} (needs clip and labels; valence and arousal are optional)"
+                f"{path}:{number}: {exc!r} (needs clip or text, and labels; valence and arousal are optional)"
             ) from exc
     if not clips:
         raise ManifestError(f"{path}: no labelled clip")
@@ -94,16 +109,28 @@ def clip_from_line(row: Any, folder: Path) -> LabelledClip:
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise ValueError(f"grouping key {key!r} must be a string or an integer, got {value!r}")
         groups[str(key)] = str(value)
+    text = row.get("text")
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"text must be a string, got {text!r}")
+    clip = None if text is not None and "clip" not in row else (folder / row["clip"]).resolve()
     return LabelledClip(
-        clip=(folder / row["clip"]).resolve(),
+        clip=clip,
+        text=text,
         labels=tuple(str(label) for label in labels),
         valence=valence,
         arousal=arousal,
         description=str(row.get("description") or ""),
         family=family,
         groups=groups,
-        name=str(row["clip"]),
+        name=str(row["clip"]) if clip is not None else _text_name(groups, text or ""),
     )
+
+
+def _text_name(groups: Mapping[str, str], text: str) -> str:
+    """A text line's name: its place in its dialogue, else its words."""
+    if "dialogue" in groups and "turn" in groups:
+        return f"{groups['dialogue']}#{groups['turn']}"
+    return text[:60]
 
 
 def ccc(truth: Sequence[float], predicted: Sequence[float]) -> float:
@@ -201,7 +228,7 @@ def group_scores(
     """family_scores of the clips sharing each value of each grouping key; a clip without the key is left out."""
     members: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, clip in enumerate(clips):
-        for key, value in clip.groups.items():
+        for key, value in {"modality": clip.modality, **clip.groups}.items():
             members[key][value].append(i)
     return {
         key: {

@@ -40,7 +40,8 @@ class ReservedClipError(ValueError):
 
 
 def training_clips(manifests: list[Path]) -> list[LabelledClip]:
-    clips = [clip for manifest in manifests for clip in load_manifest(manifest)]
+    """The manifests' recordings (their text lines train the text head: model/training/fit_text.py)."""
+    clips = [clip for manifest in manifests for clip in load_manifest(manifest) if clip.clip is not None]
     for clip in clips:
         dataset = clip.groups.get("dataset", "").lower()
         if dataset in EVALUATION_ONLY or clip.groups.get("split") == "test":
@@ -59,7 +60,9 @@ def train_heads(
     `features`: the voice feature cache (default OUT/voice_features.npz)."""
     clips = training_clips(manifests)
     vocabulary = EmotionVocabulary.load()
-    heard = extract_voice([c.clip for c in clips], features or out / "voice_features.npz")
+    heard = extract_voice(
+        [c.clip for c in clips if c.clip is not None], features or out / "voice_features.npz"
+    )
     rows: list[npt.NDArray[np.float32]] = []
     families: list[int] = []
     speakers: list[str] = []
@@ -73,7 +76,7 @@ def train_heads(
         for utterance in clip_voice.features:
             rows.append(utterance)
             families.append(family)
-            speakers.append(clip.groups.get("speaker", str(clip.clip.parent)))
+            speakers.append(clip.groups.get("speaker", str(clip.clip.parent) if clip.clip else clip.name))
             datasets.append(clip.groups.get("dataset", "?"))
     if not rows:
         raise ValueError("no clip of the manifests has speech the VAD hears: nothing to train on")

@@ -59,12 +59,21 @@ class EmotionService:
         self.refiner = LLMRefiner(llm, self.vocabulary, settings.top_k) if llm.enabled else None
 
     async def estimate(
-        self, utterance: UtteranceInput, speaker: SpeakerBaseline | None
+        self,
+        utterance: UtteranceInput,
+        speaker: SpeakerBaseline | None,
+        *,
+        conversation: tuple[str, str] | None = None,
+        final: bool = True,
     ) -> tuple[Clues, EmotionEstimate]:
+        """conversation: (call, participant) whose conversation this utterance continues (its words are read
+        with the call's earlier ones); a final one joins it, an interim one (final False) only reads it."""
         loop = asyncio.get_running_loop()
         self._running += 1
         try:
-            return await loop.run_in_executor(self._executor, self._estimate, utterance, speaker)
+            return await loop.run_in_executor(
+                self._executor, self._estimate, utterance, speaker, conversation, final
+            )
         finally:
             self._running -= 1
 
@@ -87,7 +96,11 @@ class EmotionService:
         return self._estimator.estimate(clues)
 
     def _estimate(
-        self, utterance: UtteranceInput, speaker: SpeakerBaseline | None
+        self,
+        utterance: UtteranceInput,
+        speaker: SpeakerBaseline | None,
+        conversation: tuple[str, str] | None,
+        final: bool,
     ) -> tuple[Clues, EmotionEstimate]:
         started = time.perf_counter()
         clues = self._extractor.extract(utterance, speaker)
