@@ -109,9 +109,13 @@ class ContextModel:
         self.weight_hh, self.bias_hh = arrays["context.gru.weight_hh"], arrays["context.gru.bias_hh"]
         self.out = (arrays["context.out.weight"], arrays["context.out.bias"])  # (7, G + 7), (7,)
         self.hidden_size = self.weight_hh.shape[1]
+        # a GRU trained without the embedding reads only [family logits, flag]
+        self.reads_embedding = weight_ih.shape[1] == EMBEDDING_DIM + len(FAMILIES) + 1
 
     def input_gates(self, standardised: Array, family_logits: Array) -> Array:
         """(3G,) the input's share of the gates for flag 0 (add `weight_ih_flag` for flag 1)."""
+        if not self.reads_embedding:
+            return self.weight_ih_core @ family_logits + self.bias_ih
         return self.weight_ih_core @ np.concatenate([standardised, family_logits]) + self.bias_ih
 
     def step(self, state: Array, gates_x: Array) -> Array:

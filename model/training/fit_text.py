@@ -88,6 +88,7 @@ class ContextConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-2
     input_dropout: float = 0.2
+    with_embedding: bool = True  # False: the GRU reads only the text head's logits and the speaker flag
     folds: int = 4  # for the out-of-fold text-head logits
     seed: int = 0
 
@@ -276,14 +277,16 @@ class Views:
 
 
 class ContextNet(nn.Module):
-    def __init__(self, hidden: int, input_dropout: float) -> None:
+    def __init__(self, hidden: int, input_dropout: float, with_embedding: bool = True) -> None:
         super().__init__()
         self.dropout = nn.Dropout(input_dropout)
-        self.gru = nn.GRU(384 + len(FAMILIES) + 1, hidden, batch_first=True)  # (S, T, I) → (S, T, G)
+        self.first = 0 if with_embedding else 384  # inputs are [embedding (384), logits (7), flag (1)]
+        width = 384 + len(FAMILIES) + 1 - self.first
+        self.gru = nn.GRU(width, hidden, batch_first=True)  # (S, T, I) → (S, T, G)
         self.out = nn.Linear(hidden + len(FAMILIES), len(FAMILIES))  # (S, T, G + 7) → (S, T, 7)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        states, _ = self.gru(self.dropout(inputs))
+        states, _ = self.gru(self.dropout(inputs[..., self.first :]))
         return self.out(torch.cat([states, inputs[..., 384 : 384 + len(FAMILIES)]], dim=-1))
 
 
@@ -320,7 +323,7 @@ def train_context(
 ) -> tuple[ContextNet, list[float]]:
     """Train for config.epochs; `evaluate(net) -> score` after each epoch gives the curve (for choosing)."""
     _seed(config.seed)
-    net = ContextNet(config.hidden, config.input_dropout)
+    net = ContextNet(config.hidden, config.input_dropout, config.with_embedding)
     optimiser = _optimiser(net, config.lr, config.weight_decay)
     loss_fn = nn.CrossEntropyLoss(weight=class_weight, ignore_index=IGNORE)
     generator = torch.Generator().manual_seed(config.seed)
