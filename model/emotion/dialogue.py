@@ -274,4 +274,4 @@ def _softmax(logits: Array) -> Array:
 
 
 def _sigmoid(x: Array) -> Array:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)  # no overflow for large |x|
