@@ -91,6 +91,7 @@ class ContextConfig:
     weight_decay: float = 1e-2
     input_dropout: float = 0.2
     with_embedding: bool = True  # False: the GRU reads only the text head's logits and the speaker flag
+    class_power: float = 0.5  # as TextConfig.class_power
     folds: int = 4  # for the out-of-fold text-head logits
     seed: int = 0
 
@@ -573,7 +574,6 @@ def fit(
     dev_views = {
         form: dialogue_views(corpus, meld_dev, standardised[form], logits[form], families) for form in logits
     }
-    class_weight = _class_weights(families[dialogue_train], text_config.class_power)
 
     def dev_f1(net: ContextNet) -> float:
         predicted = context_predictions(net, dev_views["plain"], len(corpus.lines))[meld_dev]
@@ -581,7 +581,9 @@ def fit(
 
     context_trials: list[dict[str, Any]] = []
     for overrides in context_grid or [{}]:
-        _, curve = train_context(train, replace(context_config, **overrides), class_weight, dev_f1)
+        config = replace(context_config, **overrides)
+        class_weight = _class_weights(families[dialogue_train], config.class_power)
+        _, curve = train_context(train, config, class_weight, dev_f1)
         epochs = int(np.argmax(curve)) + 1
         context_trials.append(
             {"config": overrides, "best_epochs": epochs, "dev_curve": [round(c, 4) for c in curve]}
@@ -592,6 +594,7 @@ def fit(
         replace(context_config, **best_context["config"]), epochs=best_context["best_epochs"]
     )
     report["context_trials"], report["context_config"] = context_trials, asdict(context_config)
+    class_weight = _class_weights(families[dialogue_train], context_config.class_power)
     context_net, _ = train_context(train, context_config, class_weight)
 
     # fine labels: GoEmotions train (as written and ASR-like), epochs and thresholds on GoEmotions dev
@@ -707,6 +710,9 @@ CONTEXT_GRID: tuple[dict[str, Any], ...] = (
     {"lr": 5e-4},
     {"input_dropout": 0.5, "lr": 5e-4},
     {"with_embedding": False, "hidden": 32},
+    {"class_power": 0.25},
+    {"class_power": 1.0},
+    {"class_power": 0.25, "input_dropout": 0.5},
 )
 
 
