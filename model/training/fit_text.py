@@ -21,7 +21,7 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -322,7 +322,7 @@ def train_context(
     train: Views,
     config: ContextConfig,
     class_weight: torch.Tensor,
-    evaluate: Any = None,
+    evaluate: Callable[[ContextNet], float] | None = None,
 ) -> tuple[ContextNet, list[float]]:
     """Train for config.epochs; `evaluate(net) -> score` after each epoch gives the curve (for choosing)."""
     _seed(config.seed)
@@ -382,7 +382,7 @@ def multi_hot(lines: Sequence[DialogueLine]) -> Floats:
 
 
 def train_fine(
-    x: Floats, y: Floats, config: FineConfig, evaluate: Any = None
+    x: Floats, y: Floats, config: FineConfig, evaluate: Callable[[dict[str, Floats]], float] | None = None
 ) -> tuple[dict[str, Floats], list[float]]:
     """A sigmoid layer over the standardised embedding; `evaluate(arrays) -> score` per epoch for the curve."""
     _seed(config.seed)
@@ -599,10 +599,9 @@ def fit(
 
     # fine labels: GoEmotions train (as written and ASR-like), epochs and thresholds on GoEmotions dev
     go_train, go_dev = corpus.rows("goemotions", "train"), corpus.rows("goemotions", "dev")
-    go_lines = corpus.lines
     x_fine = np.concatenate([corpus.plain[go_train], corpus.asr[go_train]])
-    y_fine = np.concatenate([multi_hot([go_lines[i] for i in go_train])] * 2)
-    y_dev = multi_hot([go_lines[i] for i in go_dev])
+    y_fine = np.concatenate([multi_hot([corpus.lines[i] for i in go_train])] * 2)
+    y_dev = multi_hot([corpus.lines[i] for i in go_dev])
 
     def fine_dev(arrays: dict[str, Floats]) -> float:
         scores = fine_scores(arrays, corpus.plain[go_dev])
