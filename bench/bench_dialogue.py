@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from model.emotion.dialogue import DialogueHeads
-from model.vocabulary import SentenceEncoder
+from model.emotion.vocabulary import SentenceEncoder
 
 SENTENCES = (
     "Thank you so much, that's wonderful",

@@ -245,15 +245,19 @@ def train_heads_command(args: argparse.Namespace) -> int:
 
 def add_data_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from model.training.corpora import READERS
+    from model.training.dialogue_corpora import DIALOGUE_READERS
 
     data = commands.add_parser(
-        "data", help="write the manifest of a labelled corpus (a local copy) and print its clips per class"
+        "data", help="write the manifest of a labelled corpus (a local copy) and print its lines per class"
     )
-    data.add_argument("corpus", choices=sorted(READERS))
+    data.add_argument("corpus", choices=sorted([*READERS, *DIALOGUE_READERS]))
     data.add_argument("root", type=Path, help="folder of the local copy")
     data.add_argument("--out", type=Path, required=True, help="manifest to write (JSON lines)")
     data.add_argument(
-        "--split", choices=("train", "test", "all"), default="all", help="rows of this split only (all)"
+        "--split",
+        choices=("train", "dev", "test", "all"),
+        default="all",
+        help="rows of this split only (all; dev: the text corpora's)",
     )
     data.add_argument(
         "--sample",
@@ -265,7 +269,25 @@ def add_data_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 def build_manifest(args: argparse.Namespace) -> int:
     from model.training.corpora import CorpusError, corpus_clips, count_table, write_manifest
+    from model.training.dialogue_corpora import (
+        DIALOGUE_READERS,
+        DialogueCorpusError,
+        dialogue_count_table,
+        write_dialogue_manifest,
+    )
 
+    if args.corpus in DIALOGUE_READERS:  # text corpora: utterances with their dialogue and turn
+        try:
+            lines = write_dialogue_manifest(args.corpus, args.root, args.out, args.split)
+        except DialogueCorpusError as exc:
+            print(f"microemo: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.corpus} ({args.split}): {len(lines)} lines written to {args.out}")
+        print(dialogue_count_table(lines))
+        return 0
+    if args.split == "dev":
+        print(f"microemo: {args.corpus} has no dev split (train, test or all)", file=sys.stderr)
+        return 2
     try:
         clips = corpus_clips(args.corpus, args.root, args.split)
     except CorpusError as exc:

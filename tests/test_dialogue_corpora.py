@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
 from model.training.dialogue_corpora import (
     GOEMOTIONS_FAMILY,
     GOEMOTIONS_LABELS,
@@ -18,7 +19,6 @@ from model.training.dialogue_corpora import (
     read_dialogue_manifest,
     write_dialogue_manifest,
 )
-from model.vocabulary import FAMILIES, EmotionVocabulary
 
 MELD_HEADER = (
     "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
@@ -128,7 +128,7 @@ def test_manifest_round_trips(tmp_path: Path) -> None:
         "text": "Hi there.",
         "family": "neutral",
         "labels": ["neutral"],
-        "valence": 0,
+        "sentiment": 0,
         "dialogue": "meld-train-0",
         "turn": 0,
         "speaker": "Rachel",

@@ -7,8 +7,8 @@ import numpy.typing as npt
 import pytest
 
 from model.emotion.dialogue import DEFAULT_TEXT_HEADS, DialogueHeads
+from model.emotion.vocabulary import FAMILIES, SentenceEncoder
 from model.training.dialogue_corpora import GOEMOTIONS_FAMILY
-from model.vocabulary import FAMILIES, SentenceEncoder
 
 NEGATIVE = ("sadness", "anger", "fear", "disgust")
 

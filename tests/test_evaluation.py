@@ -108,7 +108,8 @@ def test_groups_score_each_value_of_each_key(tmp_path: Path) -> None:
     truth = ["happiness", "happiness", "sadness", "anger"]
     predicted = ["happiness", "sadness", "sadness", UNANSWERED]
     groups = group_scores(clips, truth, predicted)
-    assert set(groups) == {"dataset", "speaker"}
+    assert set(groups) == {"dataset", "speaker", "modality"}
+    assert set(groups["modality"]) == {"media"} and groups["modality"]["media"]["clips"] == 4
     a = groups["dataset"]["a"]
     assert (a["clips"], a["answered"], a["accuracy"]) == (3, 3, pytest.approx(2 / 3))
     assert (a["majority_family"], a["majority_share"]) == ("happiness", pytest.approx(2 / 3))
@@ -262,3 +263,30 @@ def test_arousal_high_or_low_is_scored_against_the_family_or_the_labelled_arousa
     metrics = evaluate(clips, predictions, vocabulary)["metrics"]
     assert metrics["arousal_accuracy"] == pytest.approx(0.5)
     assert metrics["arousal_majority_share"] == pytest.approx(0.75)
+
+
+def test_a_line_may_carry_text_instead_of_a_clip_and_is_scored_by_modality(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        '{"text": "Oh my God, that is great!", "labels": ["joy"], "family": "happiness", "dialogue": "d1", '
+        '"turn": 0, "speaker": "Monica", "dataset": "meld"}\n'
+        '{"clip": "face.jpg", "labels": ["happy"], "dataset": "faces"}\n'
+        '{"clip": "a.wav", "labels": ["sad"], "dataset": "ravdess"}\n'
+    )
+    text, image, media = load_manifest(manifest)
+    assert text.clip is None and text.text == "Oh my God, that is great!" and text.name == "d1#0"
+    assert text.groups["speaker"] == "Monica" and text.groups["turn"] == "0"
+    assert [c.modality for c in (text, image, media)] == ["text", "image", "media"]
+    groups = group_scores([text, image, media], ["happiness"] * 3, ["happiness", "neutral", "neutral"])
+    assert {value: s["accuracy"] for value, s in groups["modality"].items()} == {
+        "text": 1.0,
+        "image": 0.0,
+        "media": 0.0,
+    }
+
+
+def test_a_line_with_both_a_clip_and_a_text_is_refused(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"clip": "a.wav", "text": "hi", "labels": ["happy"]}\n')
+    with pytest.raises(ManifestError, match="clip or a text"):
+        load_manifest(manifest)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from model.emotion.dialogue import DialogueHeads, save_dialogue_heads
+from model.emotion.vocabulary import FAMILIES
 from model.training import fit_text
 from model.training.dialogue_corpora import GOEMOTIONS_LABELS, GOEMOTIONS_WORDS, DialogueLine
-from model.vocabulary import FAMILIES
 
 GO_FAMILY_LABEL = {"happiness": "joy", "sadness": "sadness", "anger": "anger", "neutral": "neutral"}
 

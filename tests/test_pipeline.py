@@ -217,11 +217,18 @@ class FakeEmotion:
         self.refiner = refiner
         self.settings = EmotionSettings(interim_s=interim_s)
         self.requests: list[UtteranceInput] = []
+        self.conversations: list[tuple[tuple[str, str] | None, bool]] = []
 
     async def estimate(
-        self, utterance: UtteranceInput, speaker: SpeakerBaseline
+        self,
+        utterance: UtteranceInput,
+        speaker: SpeakerBaseline,
+        *,
+        conversation: tuple[str, str] | None = None,
+        final: bool = True,
     ) -> tuple[Clues, EmotionEstimate]:
         self.requests.append(utterance)
+        self.conversations.append((conversation, final))
         clues = Clues(utterance.utterance, utterance.t0, utterance.t1, None, None, None)
         fast = EmotionEstimate(
             labels=(("content", 0.7), ("calm", 0.3)),

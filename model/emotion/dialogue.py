@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.vocabulary import DATA_DIR, FAMILIES
+from model.emotion.vocabulary import DATA_DIR, FAMILIES
 
 DEFAULT_TEXT_HEADS = DATA_DIR / "heads" / "text-2.npz"
 VALENCE_CLASSES = ("negative", "neutral", "positive")
@@ -183,6 +183,14 @@ class ConversationContext:
         self.turns += 1
         return reading
 
+    def peek(self, speaker: str, embedding: Array) -> ContextReading:
+        """What `add` would read, leaving the conversation as it was (an utterance still being spoken)."""
+        saved = (self.turns, self._newcomer, OrderedDict(self._views))
+        try:
+            return self.add(speaker, embedding)
+        finally:
+            self.turns, self._newcomer, self._views = saved
+
     @property
     def state_size(self) -> int:
         """Numbers held for this call (grows with its speakers, not with its utterances)."""
@@ -207,7 +215,12 @@ class DialogueHeads:
             )
         with np.load(path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
-        meta = json.loads(str(arrays.pop("meta")))
+        return cls.from_arrays(arrays, json.loads(str(arrays.pop("meta"))), str(path))
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Array], meta: dict[str, Any], source: str) -> DialogueHeads:
+        """The heads from arrays named as `load` reads them (also inside a heads file: model/emotion/heads.py)."""
+        path = source
         if tuple(meta["families"]) != FAMILIES:
             raise TextHeadsMissingError(f"{path}: families {meta['families']} are not {FAMILIES}")
         try:

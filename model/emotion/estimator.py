@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from model.emotion.clues import AudioClues, Clues, TextClues, VisualClues
+from model.emotion.dialogue import TextReading
 from model.emotion.heads import EmotionHeads, HeadReading, affect_of, face_features, voice_features
 from model.emotion.vocabulary import EXPRESSION_FAMILY, FAMILIES, EmotionVocabulary, RankWeights
 
@@ -16,7 +18,12 @@ NAMED_EMOTION_BOOST = 0.6
 MODEL_NAME = "fast-fusion/1 (text: vader+minilm; face: au+fer; voice: parselmouth)"
 # The rules' face reading, mixed this much with uniform, stands in for a face head when none is trained
 RULES_FACE_TRUST = 0.5
-HEADS_TEXT_WEIGHT = 1.0  # the words' say in valence beside the heads' (which never heard real dialogue)
+HEADS_TEXT_WEIGHT = 1.0  # the words' say in valence beside the fused heads'
+# With a text head (heads/2): how much a fine label's score (0..1) adds to its vocabulary word, and the weights of
+# the affect and the families beside it (the transcript's cosine to each word is left out: it read "Hi." as
+# desperate)
+FINE_LABEL_WEIGHT = 1.0
+FINE_LABEL_RANKING = RankWeights(affect=1.0, family=2.0, text=0.0)
 
 # Action units read as each basic family (Ekman's prototypes). Mouth opening and lip press are left out:
 # while a person speaks they move with articulation, not with emotion.
@@ -94,8 +101,11 @@ class FastEstimator:
         self._temperature = temperature
         self.name = MODEL_NAME
 
-    def fuse(self, clues: Clues) -> tuple[float, float, dict[str, float], tuple[AffectVote, ...]]:
-        """Valence, arousal, basic families and the votes behind them: hand-set rules per modality."""
+    def fuse(
+        self, clues: Clues, words: TextReading | None = None
+    ) -> tuple[float, float, dict[str, float], tuple[AffectVote, ...]]:
+        """Valence, arousal, basic families and the votes behind them: hand-set rules per modality (`words`, a
+        learned reading of the transcript, is for estimators that have a text head)."""
         votes = tuple(
             vote
             for vote in (text_vote(clues.text), visual_vote(clues.visual), audio_vote(clues.audio))
@@ -103,17 +113,18 @@ class FastEstimator:
         )
         return _weighted(votes, "valence"), _weighted(votes, "arousal"), _fused_families(votes), votes
 
-    def estimate(self, clues: Clues) -> EmotionEstimate:
-        valence, arousal, families, votes = self.fuse(clues)
-        embedding = clues.text.embedding if clues.text is not None else None
+    def estimate(self, clues: Clues, words: TextReading | None = None) -> EmotionEstimate:
+        """words: the transcript read with the conversation before it (the service's; None: read alone)."""
+        valence, arousal, families, votes = self.fuse(clues, words)
+        embedding, boost, weights = self._label_clues(clues.text)
         ranked = self.vocabulary.rank(
             valence,
             arousal,
             families or None,
             embedding,
             top_k=max(self.top_k, self.candidates),
-            weights=self._weights,
-            boost=self._named_emotions(clues.text),
+            weights=weights,
+            boost=boost,
         )
         candidates = self._candidates([word for word, _ in ranked[: self.candidates]])
         ranked = ranked[: self.top_k]
@@ -141,6 +152,13 @@ class FastEstimator:
             w for w in ANCHOR_LABELS if w in self.vocabulary and self.vocabulary.canonical(w) not in groups
         ]
         return tuple(best + anchors)
+
+    def _label_clues(
+        self, text: TextClues | None
+    ) -> tuple[npt.NDArray[np.float32] | None, dict[str, float], RankWeights]:
+        """What ranks the vocabulary's words beside the affect and families: the transcript's embedding (by
+        cosine to each word) and the emotion words the speaker said."""
+        return (text.embedding if text is not None else None), self._named_emotions(text), self._weights
 
     def _named_emotions(self, text: TextClues | None) -> dict[str, float]:
         """Emotion words the speaker used ("I'm worried") are strong clues, unless negated."""
@@ -290,17 +308,21 @@ def _shorten(text: str, limit: int = 60) -> str:
 
 
 class HeadsEstimator(FastEstimator):
-    """Learned heads (model/emotion/heads.py) read voice and face; their fusion gives the basic families, valence and
-    arousal. The words keep their rule-based say in valence (no labelled dialogue exists here to learn it
-    from) and in the open-vocabulary ranking on top."""
+    """Learned heads (model/emotion/heads.py) read voice, face and, from heads/2, the words (with the conversation
+    before them); their fusion gives the basic families and arousal. Valence: the fusion's, with the text head's
+    (heads/2) or the rules' words (heads/1) beside it. Labels: with a text head, the fine labels it scores
+    (GoEmotions' emotions, named by the vocabulary's words) rank the words, instead of the transcript's cosine
+    to each word."""
 
     def __init__(self, vocabulary: EmotionVocabulary, heads: EmotionHeads, **options: Any) -> None:
         super().__init__(vocabulary, **options)
         self.heads = heads
         self.name = heads.name
 
-    def fuse(self, clues: Clues) -> tuple[float, float, dict[str, float], tuple[AffectVote, ...]]:
-        voice = face = None
+    def fuse(
+        self, clues: Clues, words: TextReading | None = None
+    ) -> tuple[float, float, dict[str, float], tuple[AffectVote, ...]]:
+        voice = face = text = None
         votes: list[AffectVote] = []
         if clues.audio is not None and clues.audio.voice is not None:
             voice = self.heads.read_voice(voice_features(clues.audio.voice, clues.audio.prosody))
@@ -313,14 +335,36 @@ class HeadsEstimator(FastEstimator):
                 face = _tempered(rules.families)
             if face is not None:
                 votes.append(_head_vote("visual", face, rules))
-        fused = self.heads.fusion.fuse({"voice": voice, "face": face})
+        rules_text = text_vote(clues.text)
+        if words is None and self.heads.text is not None and clues.text is not None:
+            if clues.text.embedding is not None:
+                words = self.heads.text.read_text(clues.text.embedding)
+        if words is not None:
+            text = HeadReading(words.families, words.valence, affect_of(words.families)[1])
+            votes.insert(0, _head_vote("text", text, rules_text))
+        elif rules_text is not None:
+            votes.insert(0, rules_text)
+        fused = self.heads.fusion.fuse({"voice": voice, "face": face, "text": text})
         valence = fused.valence
-        text = text_vote(clues.text)
         if text is not None:
-            votes.insert(0, text)
-            weight = HEADS_TEXT_WEIGHT * text.valence_weight
-            valence = (valence + weight * text.valence) / (1 + weight)
+            valence = (valence + HEADS_TEXT_WEIGHT * text.valence) / (1 + HEADS_TEXT_WEIGHT)
+        elif rules_text is not None:
+            weight = HEADS_TEXT_WEIGHT * rules_text.valence_weight
+            valence = (valence + weight * rules_text.valence) / (1 + weight)
         return float(np.clip(valence, -1, 1)), fused.arousal, fused.families, tuple(votes)
+
+    def _label_clues(
+        self, text: TextClues | None
+    ) -> tuple[npt.NDArray[np.float32] | None, dict[str, float], RankWeights]:
+        heads = self.heads.text
+        if heads is None or text is None or text.embedding is None:
+            return super()._label_clues(text)
+        boost = self._named_emotions(text)
+        for label, score in heads.fine_labels(text.embedding).items():
+            word = heads.fine.words.get(label)
+            if word is not None and word in self.vocabulary and label != "neutral":
+                boost[word] = boost.get(word, 0.0) + FINE_LABEL_WEIGHT * score
+        return None, boost, FINE_LABEL_RANKING
 
 
 def _head_vote(modality: str, reading: HeadReading, rules: AffectVote | None) -> AffectVote:

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from model.audio.prosody import Prosody
+from model.emotion.dialogue import DialogueHeads
 from model.emotion.vocabulary import DATA_DIR, FAMILIES
 
 DEFAULT_HEADS = DATA_DIR / "heads" / "heads-1.npz"
@@ -164,16 +165,22 @@ class Fusion:
     """Log-linear fusion of the modalities present: bias + Σ_present (scale_m · log p_m + shift_m).
 
     With no modality it answers the bias (the training prior); each modality's scale calibrates how much its
-    reading is trusted. Trained with modality dropout (model/training/fit_heads.py)."""
+    reading is trusted, its shift what its presence says of each family. Trained with modality dropout on data
+    where each modality is present or absent (model/training/fit_heads.py). A fusion knows the modalities it was
+    fitted on (heads/1: voice and face; heads/2: voice, face and text); a reading of another is left out."""
 
-    MODALITIES = ("voice", "face")
+    MODALITIES = ("voice", "face", "text")
 
     def __init__(self, bias: Vector, scales: Mapping[str, float], shifts: Mapping[str, Vector]) -> None:
         self.bias, self.scales, self.shifts = bias, dict(scales), dict(shifts)
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in self.MODALITIES if m in self.scales)
+
     def fuse(self, readings: Mapping[str, HeadReading | None]) -> HeadReading:
         logits = self.bias.astype(np.float64).copy()
-        for modality in self.MODALITIES:
+        for modality in self.modalities:
             reading = readings.get(modality)
             if reading is not None:
                 logits += self.scales[modality] * reading.log_probs + self.shifts[modality]
@@ -186,13 +193,15 @@ class HeadsMissingError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class EmotionHeads:
-    """The voice head, the face head (None when no face head was trained) and their fusion."""
+    """The voice head, the face head (None when no face head was trained), the words' heads (text head, fine
+    labels, conversation context: model/emotion/dialogue.py; None before heads/2) and their fusion."""
 
-    name: str  # e.g. "heads/1", named in every emotion event
+    name: str  # e.g. "heads/2", named in every emotion event
     voice: Mlp
     face: Mlp | None
     fusion: Fusion
     meta: dict[str, Any]  # what they were trained on, with their validation scores
+    text: DialogueHeads | None = None
 
     @classmethod
     def load(cls, path: Path = DEFAULT_HEADS) -> EmotionHeads:
@@ -204,12 +213,16 @@ class EmotionHeads:
             arrays = {key: stored[key] for key in stored.files}
         meta = json.loads(str(arrays.pop("meta")))
         face = _mlp(arrays, "face") if "face.mean" in arrays else None
+        fitted = [m for m in Fusion.MODALITIES if f"fusion.{m}.scale" in arrays]
         fusion = Fusion(
             bias=arrays["fusion.bias"],
-            scales={m: float(arrays[f"fusion.{m}.scale"]) for m in Fusion.MODALITIES},
-            shifts={m: arrays[f"fusion.{m}.shift"] for m in Fusion.MODALITIES},
+            scales={m: float(arrays[f"fusion.{m}.scale"]) for m in fitted},
+            shifts={m: arrays[f"fusion.{m}.shift"] for m in fitted},
         )
-        return cls(name=meta["name"], voice=_mlp(arrays, "voice"), face=face, fusion=fusion, meta=meta)
+        text = DialogueHeads.from_arrays(arrays, meta["text"], str(path)) if "text.mean" in arrays else None
+        return cls(
+            name=meta["name"], voice=_mlp(arrays, "voice"), face=face, fusion=fusion, meta=meta, text=text
+        )
 
     def read_voice(self, features: Vector) -> HeadReading:
         return HeadReading.from_logits(self.voice.logits(features))
@@ -224,8 +237,11 @@ def save_heads(
     voice: Mlp,
     face: Mlp | None,
     fusion: Fusion,
+    text: Mapping[str, npt.NDArray[Any]] | None = None,
 ) -> None:
+    """text: the words' heads' arrays (as DialogueHeads reads them); their meta goes in meta["text"]."""
     arrays: dict[str, npt.NDArray[Any]] = {"meta": np.array(json.dumps(dict(meta)))}
+    arrays |= {key: np.asarray(value, dtype=np.float32) for key, value in (text or {}).items()}
     for prefix, mlp in (("voice", voice), ("face", face)):
         if mlp is None:
             continue
@@ -233,11 +249,11 @@ def save_heads(
         for i, (weight, bias) in enumerate(mlp.layers):
             arrays[f"{prefix}.{i}.weight"], arrays[f"{prefix}.{i}.bias"] = weight, bias
     arrays["fusion.bias"] = fusion.bias
-    for modality in Fusion.MODALITIES:
+    for modality in fusion.modalities:
         arrays[f"fusion.{modality}.scale"] = np.array(fusion.scales[modality], dtype=np.float32)
         arrays[f"fusion.{modality}.shift"] = fusion.shifts[modality]
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)  # type: ignore[arg-type]
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
 
 def _mlp(arrays: Mapping[str, npt.NDArray[Any]], prefix: str) -> Mlp:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.vocabulary import FAMILIES
+from model.emotion.vocabulary import FAMILIES
 
 DIALOGUE_SPLITS = ("train", "dev", "test")
 
@@ -132,7 +132,7 @@ class DialogueLine:
         if len(self.families) > 1:
             row["families"] = list(self.families)
         if self.valence is not None:
-            row["valence"] = self.valence
+            row["sentiment"] = self.valence  # a sign, not a valence on -1..1 (eval reads it as no affect)
         for key in ("dialogue", "turn", "speaker"):
             value = getattr(self, key)
             if value is not None:
@@ -288,7 +288,7 @@ def read_dialogue_manifest(path: Path) -> list[DialogueLine]:
                     dialogue=row.get("dialogue"),
                     turn=row.get("turn"),
                     speaker=row.get("speaker"),
-                    valence=row.get("valence"),
+                    valence=row.get("sentiment"),
                     families=tuple(row.get("families", [row["family"]])),
                 )
             )

@@ -20,7 +20,11 @@ from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
 UNANSWERED = "none"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 # Keys a manifest line may carry with a meaning of their own; any other key is a grouping key (dataset, ...).
-MANIFEST_KEYS = frozenset({"clip", "text", "labels", "valence", "arousal", "description", "family"})
+# (sentiment: a text corpus's sign of valence; families: every family a multi-label line falls in; neither is
+# scored here)
+MANIFEST_KEYS = frozenset(
+    {"clip", "text", "labels", "valence", "arousal", "description", "family", "sentiment", "families"}
+)
 # Keys that order a text line in its conversation (grouping keys too): read with the turns before it
 DIALOGUE_KEYS = ("dialogue", "turn", "speaker")
 

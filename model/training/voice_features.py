@@ -9,6 +9,7 @@ per clip (keyed by path, size and mtime) in one .npz, so a second run over the s
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,9 +64,7 @@ class VoiceFeatureExtractor:
         return self._transcriber
 
     def clip(self, path: Path) -> ClipVoice:
-        from faster_whisper.audio import decode_audio
-
-        pcm = decode_audio(str(path), sampling_rate=SAMPLE_RATE).astype(np.float32)
+        pcm = _decode(path)
         rows = [
             voice_features(self.voice_states(u.pcm), measure_prosody(u.pcm)) for u in self.utterances(pcm)
         ]
@@ -101,6 +100,44 @@ def extract_voice(
         "voice features: %d clips, %d computed, %d from %s", len(clips), fresh, len(clips) - fresh, cache
     )
     return result
+
+
+def extract_transcripts(
+    clips: Sequence[Path], cache: Path, extractor: VoiceFeatureExtractor | None = None
+) -> list[list[str]]:
+    """What Whisper hears in each utterance the VAD cuts from each clip (as a live call transcribes it), from the
+    cache (JSON, keyed as the voice features) where a clip is unchanged; the cache is rewritten."""
+    stored: dict[str, list[str]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    result, fresh = [], 0
+    for path in tqdm(clips, desc="transcripts", unit="clip", disable=None):
+        key = _cache_key(path)
+        if key not in stored:
+            extractor = extractor or VoiceFeatureExtractor()
+            pcm = _decode(path)
+            transcriber = extractor.transcriber
+            stored[key] = [
+                transcriber.transcribe(u.pcm, 0.0, words=False).text for u in extractor.utterances(pcm)
+            ]
+            fresh += 1
+            if fresh % SAVE_EVERY == 0:
+                _save_json(cache, stored)
+        result.append(stored[key])
+    if fresh:
+        _save_json(cache, stored)
+    return result
+
+
+def _decode(path: Path) -> npt.NDArray[np.float32]:
+    from faster_whisper.audio import decode_audio
+
+    return decode_audio(str(path), sampling_rate=SAMPLE_RATE).astype(np.float32)
+
+
+def _save_json(cache: Path, stored: dict[str, list[str]]) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.stem + ".partial.json")
+    tmp.write_text(json.dumps(stored))
+    tmp.replace(cache)
 
 
 def _save(cache: Path, stored: dict[str, npt.NDArray[np.float32]]) -> None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.audio.prosody import SpeakerBaseline
 from model.emotion.clues import ClueExtractor, Clues, UtteranceInput
+from model.emotion.dialogue import ConversationContext, DialogueHeads, TextReading
 from model.emotion.estimator import EmotionEstimate, FastEstimator, HeadsEstimator
 from model.emotion.heads import DEFAULT_HEADS, EmotionHeads, HeadsMissingError
 from model.emotion.vocabulary import EmotionVocabulary, SentenceEncoder
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     pass
 
 log = logging.getLogger(__name__)
+MAX_CONVERSATIONS = 1024  # calls whose conversation is kept; the least recently heard is dropped beyond
 
 
 class EmotionService:
@@ -53,6 +57,11 @@ class EmotionService:
             if settings.estimator == "heads"
             else FastEstimator(self.vocabulary, **options)
         )
+        heads = getattr(self._estimator, "heads", None)
+        self._text_heads: DialogueHeads | None = heads.text if isinstance(heads, EmotionHeads) else None
+        # each call's conversation so far (the words' context), least recently used first
+        self._conversations: OrderedDict[str, ConversationContext] = OrderedDict()
+        self._conversations_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emotion")
         self._running = 0  # estimates submitted and not yet done
         self.name = self._estimator.name
@@ -104,9 +113,27 @@ class EmotionService:
     ) -> tuple[Clues, EmotionEstimate]:
         started = time.perf_counter()
         clues = self._extractor.extract(utterance, speaker)
-        estimate = self._estimator.estimate(clues)
+        words = self._read_in_conversation(clues, conversation, final)
+        estimate = self._estimator.estimate(clues, words)
         metrics.STAGE_SECONDS.labels("emotion").observe(time.perf_counter() - started)
         return clues, estimate
+
+    def _read_in_conversation(
+        self, clues: Clues, conversation: tuple[str, str] | None, final: bool
+    ) -> TextReading | None:
+        """The words read with the call's earlier utterances (both sides, in order); None without a text head,
+        words or a conversation. Only a final utterance joins the conversation."""
+        heads = self._text_heads
+        if heads is None or conversation is None or clues.text is None or clues.text.embedding is None:
+            return None
+        call, participant = conversation
+        with self._conversations_lock:
+            context = self._conversations.pop(call, None) or heads.conversation()
+            self._conversations[call] = context  # most recently used last
+            while len(self._conversations) > MAX_CONVERSATIONS:
+                self._conversations.popitem(last=False)
+            read = context.add if final else context.peek
+            return read(participant, clues.text.embedding).contextual
 
     @property
     def whole_frames(self) -> WholeFrames | None:
@@ -114,7 +141,9 @@ class EmotionService:
         return self.refiner.whole_frames if self.refiner is not None else None
 
     def end_call(self, call: str) -> None:
-        """The call's last participant left: forget its visual context."""
+        """The call's last participant left: forget its conversation and its visual context."""
+        with self._conversations_lock:
+            self._conversations.pop(call, None)
         if self.refiner is not None:
             self.refiner.end_call(call)
 

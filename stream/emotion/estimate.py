@@ -49,7 +49,13 @@ class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
         )
         speaker = self._speaker if frame.final else copy.deepcopy(self._speaker)
         try:
-            clues, estimate = await context.cutoff.race(self._emotion.estimate(request, speaker))
+            conversation = (
+                context.call,
+                context.participant,
+            )  # the words are read with the call's before them
+            clues, estimate = await context.cutoff.race(
+                self._emotion.estimate(request, speaker, conversation=conversation, final=frame.final)
+            )
         except CutShort as exc:
             if frame.final:  # the utterance event is out; its emotion is omitted, and the error says why
                 context.error("not_estimated", f"no emotion estimate: {exc}", frame.uid)
