@@ -209,9 +209,18 @@ def train_model(args: argparse.Namespace) -> int:
 
 def add_train_heads_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     heads = commands.add_parser(
-        "train-heads", help="train the voice head and the fusion on labelled clips (CPU, minutes)"
+        "train-heads",
+        help="train the voice (and words') heads and their fusion on labelled data (CPU, minutes)",
     )
     heads.add_argument("manifests", type=Path, nargs="+", help="labelled clips, JSON lines (split 'train')")
+    heads.add_argument(
+        "--text",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="dialogue manifests (microemo data meld|emorynlp|goemotions, all splits): heads/2 with the words",
+    )
+    heads.add_argument("--text-cache", type=Path, help="MiniLM embeddings cache (OUT/minilm_texts.npz)")
     heads.add_argument("--out", type=Path, required=True, help="folder for heads.npz, report.json, features")
     heads.add_argument(
         "--features", type=Path, help="voice feature cache shared between runs (OUT/voice_features.npz)"
@@ -234,7 +243,14 @@ def train_heads_command(args: argparse.Namespace) -> int:
         HeadConfig(seed=args.seed), **{k: v for k, v in given.items() if v is not None}
     )
     try:
-        report = train_heads(args.manifests, args.out, config, features=args.features)
+        report = train_heads(
+            args.manifests,
+            args.out,
+            config,
+            features=args.features,
+            text=args.text,
+            text_cache=args.text_cache,
+        )
     except (FileNotFoundError, ManifestError, ValueError) as exc:  # ReservedClipError is a ValueError
         print(f"microemo: {exc}", file=sys.stderr)
         return 2

@@ -132,10 +132,10 @@ async def read_text_lines(
         raise ManifestError("text lines need the emotion stage (emotion.enabled)")
     dialogues: dict[str, list[LabelledClip]] = defaultdict(list)
     for line in lines:
-        dialogues[line.groups.get("dialogue", f"line-{id(line)}")].append(line)
+        dialogues[line.dialogue or f"line-{id(line)}"].append(line)
     messages: dict[int, list[dict[str, Any]]] = {}
     for dialogue, turns in dialogues.items():
-        turns.sort(key=lambda line: int(line.groups.get("turn", "0")))
+        turns.sort(key=lambda line: line.turn)
         for line in turns:
             utterance = UtteranceInput(
                 utterance=line.name,

@@ -112,3 +112,32 @@ def test_eval_names_missing_clips_before_running_any(tmp_path: Path) -> None:
     result = run_cli("eval", str(manifest), "--config", str(ROOT / "config.yaml"), timeout=300)
     assert result.returncode == 1
     assert "gone.wav" in result.stderr and "not found" in result.stderr
+
+
+def test_eval_reads_text_lines_in_their_dialogue_order_with_the_real_text_heads(tmp_path: Path) -> None:
+    """Text lines (no clip) go to the emotion service in turn order, each dialogue a conversation of its own;
+    the report breaks the scores down by modality."""
+    lines = [  # written out of order: turn decides
+        {"text": "Thank you so much, that's wonderful!", "turn": 1, "speaker": "Ross", "family": "happiness"},
+        {"text": "I got you the tickets.", "turn": 0, "speaker": "Rachel", "family": "neutral"},
+        {"text": "I can't do this anymore.", "turn": 0, "speaker": "Joey", "family": "sadness"},
+    ]
+    manifest = tmp_path / "dialogue.jsonl"
+    manifest.write_text(
+        "".join(
+            json.dumps(
+                {**line, "labels": [line["family"]], "dialogue": "d2" if line["speaker"] == "Joey" else "d1"}
+            )
+            + "\n"
+            for line in lines
+        )
+    )
+    out = tmp_path / "report.json"
+    result = run_cli(
+        "eval", str(manifest), "--out", str(out), "--config", str(ROOT / "config.yaml"), timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["groups"]["modality"]) == {"text"}
+    by_clip = {c["clip"]: c["predicted"]["family"] for c in report["clips"]}
+    assert by_clip["d1#1"] == "happiness" and by_clip["d2#0"] == "sadness"

@@ -275,7 +275,7 @@ def test_a_line_may_carry_text_instead_of_a_clip_and_is_scored_by_modality(tmp_p
     )
     text, image, media = load_manifest(manifest)
     assert text.clip is None and text.text == "Oh my God, that is great!" and text.name == "d1#0"
-    assert text.groups["speaker"] == "Monica" and text.groups["turn"] == "0"
+    assert text.groups["speaker"] == "Monica" and (text.dialogue, text.turn) == ("d1", 0)
     assert [c.modality for c in (text, image, media)] == ["text", "image", "media"]
     groups = group_scores([text, image, media], ["happiness"] * 3, ["happiness", "neutral", "neutral"])
     assert {value: s["accuracy"] for value, s in groups["modality"].items()} == {

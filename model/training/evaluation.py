@@ -22,11 +22,11 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 # Keys a manifest line may carry with a meaning of their own; any other key is a grouping key (dataset, ...).
 # (sentiment: a text corpus's sign of valence; families: every family a multi-label line falls in; neither is
 # scored here)
+# (dialogue, turn: where a text line stands in its conversation, read with the turns before it)
 MANIFEST_KEYS = frozenset(
     {"clip", "text", "labels", "valence", "arousal", "description", "family", "sentiment", "families"}
+    | {"dialogue", "turn"}
 )
-# Keys that order a text line in its conversation (grouping keys too): read with the turns before it
-DIALOGUE_KEYS = ("dialogue", "turn", "speaker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,8 @@ class LabelledClip:
     groups: Mapping[str, str] = field(default_factory=dict)  # other keys of the line: dataset, speaker, ...
     name: str = ""  # the clip as the manifest writes it; empty: the file's name
     text: str | None = None  # a text line: the utterance's words (then clip is None)
+    dialogue: str | None = None  # a text line's conversation (its speaker is among the groups) ...
+    turn: int = 0  # ... and its place in it, from 0
 
     def __post_init__(self) -> None:
         if (self.clip is None) == (self.text is None):
@@ -126,14 +128,16 @@ def clip_from_line(row: Any, folder: Path) -> LabelledClip:
         description=str(row.get("description") or ""),
         family=family,
         groups=groups,
-        name=str(row["clip"]) if clip is not None else _text_name(groups, text or ""),
+        name=str(row["clip"]) if clip is not None else _text_name(row, text or ""),
+        dialogue=None if row.get("dialogue") is None else str(row["dialogue"]),
+        turn=int(row.get("turn") or 0),
     )
 
 
-def _text_name(groups: Mapping[str, str], text: str) -> str:
+def _text_name(row: Mapping[str, Any], text: str) -> str:
     """A text line's name: its place in its dialogue, else its words."""
-    if "dialogue" in groups and "turn" in groups:
-        return f"{groups['dialogue']}#{groups['turn']}"
+    if row.get("dialogue") is not None:
+        return f"{row['dialogue']}#{row.get('turn', 0)}"
     return text[:60]
 
 
