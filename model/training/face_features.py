@@ -171,7 +171,9 @@ def extract_stills(
         result.append(StillFace.from_array(row) if len(row) else None)
     if fresh:
         _save(cache, stored)
-    log.info("face features: %d images, %d computed, %d from %s", len(paths), fresh, len(paths) - fresh, cache)
+    log.info(
+        "face features: %d images, %d computed, %d from %s", len(paths), fresh, len(paths) - fresh, cache
+    )
     return result
 
 
