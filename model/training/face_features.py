@@ -85,11 +85,11 @@ class StillFaceReader:
             analyzer.close()
         if not faces or faces[0].aligned is None:
             return None
-        face = faces[0]
+        face, crop = faces[0], faces[0].aligned
         signals = face_signals(face.landmarks, face.blendshapes, face.pose)
         return StillFace(
             signals={name: float(signals.values[name]) for name in SIGNALS},
-            expression=self._expression.classify_many([face.aligned]),
+            expression=self._expression.classify_many([crop]),
         )
 
     def read_file(self, path: Path) -> StillFace | None:

@@ -171,9 +171,9 @@ def compare(
     }
     for name, predicted in readings.items():
         result[name] = scores(truth, np.array(predicted, dtype=np.int64))
-    predicted = np.array(readings["head"], dtype=np.int64)
+    by_head = np.array(readings["head"], dtype=np.int64)
     result["head_recall_by_family"] = {
-        FAMILIES[f]: round(float(np.mean(predicted[truth == f] == f)), 4) for f in sorted(set(truth.tolist()))
+        FAMILIES[f]: round(float(np.mean(by_head[truth == f] == f)), 4) for f in sorted(set(truth.tolist()))
     }
     return result
 
@@ -291,7 +291,7 @@ def save_face_head(path: Path, head: Mlp, meta: Mapping[str, Any]) -> None:
 def load_face_head(path: Path) -> Mlp:
     """The face Mlp of a file written by save_face_head (or of a heads file that has one)."""
     with np.load(path, allow_pickle=False) as stored:
-        layers = []
+        layers: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
         while f"face.{len(layers)}.weight" in stored.files:
             i = len(layers)
             layers.append((stored[f"face.{i}.weight"], stored[f"face.{i}.bias"]))
