@@ -221,6 +221,14 @@ def add_train_heads_command(commands: argparse._SubParsersAction[argparse.Argume
         help="dialogue manifests (microemo data meld|emorynlp|goemotions, all splits): heads/2 with the words",
     )
     heads.add_argument("--text-cache", type=Path, help="MiniLM embeddings cache (OUT/minilm_texts.npz)")
+    heads.add_argument(
+        "--faces",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="face image manifests (train/dev/test): the face head",
+    )
+    heads.add_argument("--face-cache", type=Path, help="the stills' faces, cached (OUT/face_stills.npz)")
     heads.add_argument("--out", type=Path, required=True, help="folder for heads.npz, report.json, features")
     heads.add_argument(
         "--features", type=Path, help="voice feature cache shared between runs (OUT/voice_features.npz)"
@@ -262,11 +270,12 @@ def train_heads_command(args: argparse.Namespace) -> int:
 def add_data_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from model.training.corpora import READERS
     from model.training.dialogue_corpora import DIALOGUE_READERS
+    from model.training.face_corpora import FACE_CORPORA
 
     data = commands.add_parser(
         "data", help="write the manifest of a labelled corpus (a local copy) and print its lines per class"
     )
-    data.add_argument("corpus", choices=sorted([*READERS, *DIALOGUE_READERS]))
+    data.add_argument("corpus", choices=sorted([*READERS, *DIALOGUE_READERS, *FACE_CORPORA]))
     data.add_argument("root", type=Path, help="folder of the local copy")
     data.add_argument("--out", type=Path, required=True, help="manifest to write (JSON lines)")
     data.add_argument(
@@ -291,6 +300,15 @@ def build_manifest(args: argparse.Namespace) -> int:
         dialogue_count_table,
         write_dialogue_manifest,
     )
+    from model.training.face_corpora import (
+        FACE_CAPS,
+        FACE_CORPORA,
+        FaceCorpusError,
+        capped,
+        face_images,
+        write_face_manifest,
+    )
+    from model.training.face_corpora import count_table as face_count_table
 
     if args.corpus in DIALOGUE_READERS:  # text corpora: utterances with their dialogue and turn
         try:
@@ -300,6 +318,20 @@ def build_manifest(args: argparse.Namespace) -> int:
             return 2
         print(f"{args.corpus} ({args.split}): {len(lines)} lines written to {args.out}")
         print(dialogue_count_table(lines))
+        return 0
+    if args.corpus in FACE_CORPORA:  # still images (face-only clips), capped per split and family
+        try:
+            images = [
+                image
+                for image in capped(face_images(args.corpus, args.root), FACE_CAPS[args.corpus])
+                if args.split in ("all", image.split)
+            ]
+        except FaceCorpusError as exc:
+            print(f"microemo: {exc}", file=sys.stderr)
+            return 2
+        written = write_face_manifest(images, args.out)
+        print(f"{args.corpus} ({args.split}): {written} images written to {args.out}")
+        print(json.dumps(face_count_table(images), indent=1))
         return 0
     if args.split == "dev":
         print(f"microemo: {args.corpus} has no dev split (train, test or all)", file=sys.stderr)

@@ -21,7 +21,8 @@ from rich.table import Column, Table
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from model.emotion.clues import UtteranceInput
+from model.emotion.clues import Clues, UtteranceInput
+from model.emotion.estimator import EmotionEstimate
 from model.emotion.vocabulary import EmotionVocabulary
 from model.training.evaluation import (
     ClipPrediction,
@@ -90,6 +91,7 @@ async def evaluate_manifest(
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ManifestError(f"{manifest}: {len(missing)} clip file(s) not found: {shown}")
     read = await read_text_lines(pipeline, [c for c in clips if c.text is not None], top_k)
+    read |= await read_stills(pipeline, [c for c in clips if c.modality == "image"], top_k)
     predictions: list[ClipPrediction | None] = []
     details, failed, hits = [], [], 0
     with (
@@ -100,7 +102,7 @@ async def evaluate_manifest(
         for clip, family in zip(clips, truth, strict=True):
             error = None
             try:
-                if clip.clip is None:
+                if clip.clip is None or id(clip) in read:  # a text line or a still, read above
                     messages = read[id(clip)]
                 else:
                     messages = await pipeline.analyze(clip.clip, Path(tmp) / "events.jsonl", progress=False)
@@ -148,20 +150,58 @@ async def read_text_lines(
             )
             speaker = line.groups.get("speaker", "speaker")
             _, estimate = await service.estimate(utterance, None, conversation=(dialogue, speaker))
-            messages[id(line)] = [
-                {
-                    "type": "emotion",
-                    "final": True,
-                    "t0": 0.0,
-                    "t1": 0.0,
-                    "labels": [{"label": w, "score": s} for w, s in estimate.labels[:top_k]],
-                    "valence": estimate.valence,
-                    "arousal": estimate.arousal,
-                    "model": service.name,
-                }
-            ]
+            messages[id(line)] = [emotion_message(estimate, top_k, service.name)]
         service.end_call(dialogue)
     return messages
+
+
+async def read_stills(
+    pipeline: OfflinePipeline, stills: list[LabelledClip], top_k: int
+) -> dict[int, list[dict[str, Any]]]:
+    """Each still image as a face-only utterance: the face the live engines find in it, shown after a rest at
+    the resting face its heads file keeps for its dataset (model/training/face_features.py); no face found: no
+    emotion (unanswered), as a call's utterance with no face in view gets no face reading."""
+    if not stills:
+        return {}
+    from model.training.face_features import StillFaceReader, still_clues
+
+    service = pipeline.emotion
+    if service is None:
+        raise ManifestError("still images need the emotion stage (emotion.enabled)")
+    face_meta = (service.heads.meta.get("face") or {}) if service.heads is not None else {}
+    resting = face_meta.get("baselines") or {}
+    if not resting:
+        raise ManifestError("still images need a heads file with a face head (its resting faces): heads/2")
+    reader = StillFaceReader()
+    messages: dict[int, list[dict[str, Any]]] = {}
+    for still in stills:
+        assert still.clip is not None
+        try:
+            face = reader.read_file(still.clip)
+        except ValueError as exc:  # an unreadable image among thousands is unanswered, not the end of the run
+            log.warning("eval: %s could not be read, scored as unanswered: %s", still.name, exc)
+            face = None
+        if face is None:
+            messages[id(still)] = []
+            continue
+        baseline = resting.get(still.groups.get("dataset", ""), next(iter(resting.values())))
+        clues = Clues(still.name, 0.0, 0.0, None, still_clues(face, baseline), None)
+        messages[id(still)] = [emotion_message(await service.estimate_clues(clues), top_k, service.name)]
+    return messages
+
+
+def emotion_message(estimate: EmotionEstimate, top_k: int, model: str) -> dict[str, Any]:
+    """An estimate as the final `emotion` event would carry it (the fields a clip's prediction reads)."""
+    return {
+        "type": "emotion",
+        "final": True,
+        "t0": 0.0,
+        "t1": 0.0,
+        "labels": [{"label": w, "score": s} for w, s in estimate.labels[:top_k]],
+        "valence": estimate.valence,
+        "arousal": estimate.arousal,
+        "model": model,
+    }
 
 
 def clip_detail(

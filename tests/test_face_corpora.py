@@ -112,7 +112,7 @@ def test_manifest_lines_are_relative_images_that_load_back(tmp_path: Path) -> No
     manifest = tmp_path / "manifests" / "faces.jsonl"
     assert write_face_manifest(images, manifest) == len(images)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    assert rows[0]["image"].startswith("../fer/split/")
+    assert rows[0]["clip"].startswith("../fer/split/")
     assert {r["modality"] for r in rows} == {"image"}
     assert {r["split"] for r in rows} <= {"train", "dev", "test"}
     assert [i.path for i in load_face_manifest(manifest)] == [i.path for i in images]

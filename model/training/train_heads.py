@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from model.emotion.dialogue import DialogueHeads
-from model.emotion.heads import HeadReading, save_heads
+from model.emotion.heads import HeadReading, Mlp, save_heads
 from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
-from model.training import fit_text
+from model.training import fit_face, fit_text
 from model.training.corpora import EVALUATION_ONLY
 from model.training.evaluation import LabelledClip, family_of, load_manifest
 from model.training.fit_fusion import FusionRows, cross_validated, fit, reading
@@ -64,6 +64,8 @@ def train_heads(
     *,
     text: Sequence[Path] = (),
     text_cache: Path | None = None,
+    faces: Sequence[Path] = (),
+    face_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Trains the heads; writes OUT/heads.npz and OUT/report.json.
 
@@ -71,7 +73,10 @@ def train_heads(
     goemotions: model/training/fit_text.py trains the text head, fine labels and context on their train
     splits, chooses on dev, never reads MELD test) for the words; with them the file is heads/2, and the
     fusion also learns from the words Whisper hears in the recordings and from the dialogues' dev lines.
-    `features`: the voice feature cache (default OUT/voice_features.npz); `text_cache`: MiniLM embeddings."""
+    faces: image manifests (model/training/face_corpora.py; train, dev and test splits): the face head is
+    chosen on dev and trained on train (model/training/fit_face.py); the fusion learns from the dev faces.
+    `features`: the voice feature cache (default OUT/voice_features.npz); `text_cache`: MiniLM embeddings;
+    `face_cache`: the stills' faces."""
     clips = [c for c in training_clips(manifests) if c.clip is not None]
     vocabulary = EmotionVocabulary.load()
     paths = [c.clip for c in clips if c.clip is not None]
@@ -116,15 +121,20 @@ def train_heads(
         heard_words = extract_transcripts(paths, out / "transcripts.json")
         recordings["text"] = recording_words(words, cache, heard_words, owners)
         parts.append(dialogue_rows(words, corpus))
+    face_head, face_meta = None, None
+    if faces:
+        face_head, face_meta, face_part = train_face_head(faces, face_cache or out / "face_stills.npz")
+        parts.append(face_part)
     parts.insert(0, FusionRows(recordings, data.families, ["recordings"] * len(data.families)))
     fusion_rows = FusionRows.join(parts)
     fusion = fit(fusion_rows, config)
-    version = 2 if text else 1
+    version = 2 if text or faces else 1
     meta: dict[str, Any] = {
         "name": f"heads/{version}",
         "families": list(FAMILIES),
         "voice_features": int(data.features.shape[1]),
-        "face": None,  # no labelled real face video here to learn a face head: the rules' face vote stands in
+        # no face manifests: no face head, the rules' face vote stands in
+        "face": face_meta,
         "config": asdict(config),
         "trained_on": {
             "manifests": [m.name for m in manifests],
@@ -135,6 +145,7 @@ def train_heads(
             "by_family": {FAMILIES[f]: n for f, n in sorted(Counter(families).items())},
             "clips_without_speech": len(unheard),
             "text": [m.name for m in text],
+            "faces": [m.name for m in faces],
             "fusion_rows": dict(Counter(fusion_rows.sources)),
         },
         "cross_validated": {
@@ -151,7 +162,7 @@ def train_heads(
     if text_meta is not None:
         meta["text"] = text_meta
     out.mkdir(parents=True, exist_ok=True)
-    save_heads(out / "heads.npz", meta, voice, None, fusion, text=text_arrays)
+    save_heads(out / "heads.npz", meta, voice, face_head, fusion, text=text_arrays)
     report = {**meta, "text_training": text_report}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     return meta
@@ -196,3 +207,30 @@ def dialogue_rows(words: DialogueHeads, corpus: Corpus) -> FusionRows:
                 families.append(FAMILIES.index(line.family))
                 sources.append(f"{dataset} dev")
     return FusionRows({"text": readings}, np.array(families, dtype=np.int64), sources)
+
+
+def train_face_head(manifests: Sequence[Path], cache: Path) -> tuple[Mlp, dict[str, Any], FusionRows]:
+    """The face head (chosen on dev, trained on train: model/training/fit_face.py), its meta (the resting
+    baselines of the stills included), and its readings of the dev faces for the fusion. Test is not read."""
+    samples = fit_face.read_samples(manifests, cache)
+    base = fit_face.baselines(samples)
+    samples = fit_face.with_features(samples, base)
+    choice = fit_face.choose(samples, base)
+    config = fit_face.HEAD_CONFIGS[choice["chosen"]["config"]]
+    head = fit_face.fit_head(samples, fit_face.TRAINING_SETS[choice["chosen"]["training_set"]], config)
+    dev = [s for s in samples if s.image.split == "dev" and s.features is not None]
+    readings: list[HeadReading | None] = [
+        HeadReading.from_logits(head.logits(s.features)) for s in dev if s.features is not None
+    ]
+    rows = FusionRows(
+        {"face": readings},
+        np.array([FAMILIES.index(s.image.family) for s in dev], dtype=np.int64),
+        [f"{s.image.dataset} dev faces" for s in dev],
+    )
+    meta = {
+        "baselines": base,
+        "chosen": choice["chosen"],
+        "config": asdict(config),
+        "dev": choice["candidates"],
+    }
+    return head, meta, rows

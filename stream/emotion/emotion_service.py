@@ -57,8 +57,7 @@ class EmotionService:
             if settings.estimator == "heads"
             else FastEstimator(self.vocabulary, **options)
         )
-        heads = getattr(self._estimator, "heads", None)
-        self._text_heads: DialogueHeads | None = heads.text if isinstance(heads, EmotionHeads) else None
+        self._text_heads: DialogueHeads | None = self.heads.text if self.heads is not None else None
         # each call's conversation so far (the words' context), least recently used first
         self._conversations: OrderedDict[str, ConversationContext] = OrderedDict()
         self._conversations_lock = threading.Lock()
@@ -90,6 +89,17 @@ class EmotionService:
     def idle(self) -> bool:
         """No estimate waiting or running: an interim one now delays no closed utterance's."""
         return self._running == 0
+
+    async def estimate_clues(self, clues: Clues) -> EmotionEstimate:
+        """The estimate from clues made elsewhere (`microemo eval` reads a still image's face this way)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._estimator.estimate, clues)
+
+    @property
+    def heads(self) -> EmotionHeads | None:
+        """The learned heads the estimate uses (None with the rules)."""
+        heads = getattr(self._estimator, "heads", None)
+        return heads if isinstance(heads, EmotionHeads) else None
 
     async def face_reading(self, utterance: str, window: FaceWindow) -> EmotionEstimate | None:
         """The fast estimate from a face alone (a listener's, over someone else's utterance); None without a
