@@ -11,7 +11,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from model.training.fit_heads import (
 )
 from model.training.fit_text import Corpus, load_corpus
 from model.training.text_embeddings import EmbeddingCache
-from model.training.voice_features import extract_transcripts, extract_voice
+from model.training.voice_features import ClipVoice, extract_transcripts, extract_voice
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,91 @@ def train_heads(
     `features`: the voice feature cache (default OUT/voice_features.npz); `text_cache`: MiniLM embeddings;
     `face_cache`: the stills' faces."""
     clips = [c for c in training_clips(manifests) if c.clip is not None]
-    vocabulary = EmotionVocabulary.load()
     paths = [c.clip for c in clips if c.clip is not None]
-    heard = extract_voice(paths, features or out / "voice_features.npz")
+    voice_data = utterances_heard(clips, extract_voice(paths, features or out / "voice_features.npz"))
+    data = voice_data.features
+    log.info("training on %d utterances of %d speakers", len(data.families), len(set(data.speakers)))
+    readings = out_of_fold_readings(data, config)
+    voice = train_mlp(data, config)
+    recordings: dict[str, list[HeadReading | None]] = {"voice": list(readings)}
+    parts: list[FusionRows] = []
+    text_arrays, text_meta, text_report = None, None, None
+    if text:
+        cache = EmbeddingCache(text_cache or out / "minilm_texts.npz")
+        corpus = load_corpus(text, cache)
+        text_arrays, text_meta, text_report = fit_text.train(corpus)
+        words = DialogueHeads.from_arrays(text_arrays, text_meta, "training")
+        heard_words = extract_transcripts(paths, out / "transcripts.json")
+        recordings["text"] = recording_words(words, cache, heard_words, voice_data.owners)
+        parts.append(dialogue_rows(words, corpus))
+    face_head, face_meta = None, None
+    if faces:
+        face_head, face_meta, face_part = train_face_head(faces, face_cache or out / "face_stills.npz")
+        parts.append(face_part)
+    parts.insert(0, FusionRows(recordings, data.families, ["recordings"] * len(data.families)))
+    fusion_rows = FusionRows.join(parts)
+    fusion = fit(fusion_rows, config)
+    predicted = np.array([int(np.argmax(r.log_probs)) for r in readings])
+    meta: dict[str, Any] = {
+        "name": f"heads/{2 if text or faces else 1}",
+        "families": list(FAMILIES),
+        "voice_features": int(data.features.shape[1]),
+        "face": face_meta,  # None without face manifests: the rules' face vote stands in
+        "config": asdict(config),
+        "trained_on": {
+            "manifests": [m.name for m in manifests],
+            "clips": len(clips),
+            **voice_data.counts(),
+            "text": [m.name for m in text],
+            "faces": [m.name for m in faces],
+            "fusion_rows": dict(Counter(fusion_rows.sources)),
+        },
+        "cross_validated": {
+            "folds": config.folds,
+            "voice": scores(data.families, predicted),
+            "by_dataset": {
+                name: scores(data.families[mask], predicted[mask])
+                for name in sorted(set(data.groups["dataset"]))
+                if (mask := np.array(data.groups["dataset"]) == name).any()
+            },
+            "fusion": cross_validated(fusion_rows, config),
+        },
+    }
+    if text_meta is not None:
+        meta["text"] = text_meta
+    out.mkdir(parents=True, exist_ok=True)
+    save_heads(out / "heads.npz", meta, voice, face_head, fusion, text=text_arrays)
+    report = {**meta, "text_training": text_report}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return meta
+
+
+@dataclass(frozen=True)
+class HeardUtterances:
+    """The recordings' utterances as the voice head reads them, the clip each comes from, the clips unheard."""
+
+    features: LabelledFeatures
+    owners: list[int]  # index of each utterance's clip
+    unheard: list[str]  # clips in which the VAD heard no speech
+
+    def counts(self) -> dict[str, Any]:
+        families = self.features.families.tolist()
+        return {
+            "utterances": len(families),
+            "speakers": len(set(self.features.speakers)),
+            "by_dataset": dict(Counter(self.features.groups["dataset"])),
+            "by_family": {FAMILIES[f]: n for f, n in sorted(Counter(families).items())},
+            "clips_without_speech": len(self.unheard),
+        }
+
+
+def utterances_heard(clips: Sequence[LabelledClip], heard: Sequence[ClipVoice]) -> HeardUtterances:
+    vocabulary = EmotionVocabulary.load()
     rows: list[npt.NDArray[np.float32]] = []
     families: list[int] = []
     speakers: list[str] = []
     datasets: list[str] = []
-    owners: list[int] = []  # the clip each utterance comes from
+    owners: list[int] = []
     unheard = []
     for index, (clip, clip_voice) in enumerate(zip(clips, heard, strict=True)):
         if not len(clip_voice.features):
@@ -100,72 +177,13 @@ def train_heads(
             owners.append(index)
     if not rows:
         raise ValueError("no clip of the manifests has speech the VAD hears: nothing to train on")
-    data = LabelledFeatures(
+    features = LabelledFeatures(
         features=np.stack(rows),
         families=np.array(families, dtype=np.int64),
         speakers=speakers,
         groups={"dataset": datasets},
     )
-    log.info("training on %d utterances of %d speakers", len(rows), len(set(speakers)))
-    readings = out_of_fold_readings(data, config)
-    predicted = np.array([int(np.argmax(r.log_probs)) for r in readings])
-    voice = train_mlp(data, config)
-    recordings: dict[str, list[HeadReading | None]] = {"voice": list(readings)}
-    parts: list[FusionRows] = []
-    text_arrays, text_meta, text_report = None, None, None
-    if text:
-        cache = EmbeddingCache(text_cache or out / "minilm_texts.npz")
-        corpus = load_corpus(text, cache)
-        text_arrays, text_meta, text_report = fit_text.train(corpus)
-        words = DialogueHeads.from_arrays(text_arrays, text_meta, "training")
-        heard_words = extract_transcripts(paths, out / "transcripts.json")
-        recordings["text"] = recording_words(words, cache, heard_words, owners)
-        parts.append(dialogue_rows(words, corpus))
-    face_head, face_meta = None, None
-    if faces:
-        face_head, face_meta, face_part = train_face_head(faces, face_cache or out / "face_stills.npz")
-        parts.append(face_part)
-    parts.insert(0, FusionRows(recordings, data.families, ["recordings"] * len(data.families)))
-    fusion_rows = FusionRows.join(parts)
-    fusion = fit(fusion_rows, config)
-    version = 2 if text or faces else 1
-    meta: dict[str, Any] = {
-        "name": f"heads/{version}",
-        "families": list(FAMILIES),
-        "voice_features": int(data.features.shape[1]),
-        # no face manifests: no face head, the rules' face vote stands in
-        "face": face_meta,
-        "config": asdict(config),
-        "trained_on": {
-            "manifests": [m.name for m in manifests],
-            "clips": len(clips),
-            "utterances": len(rows),
-            "speakers": len(set(speakers)),
-            "by_dataset": dict(Counter(datasets)),
-            "by_family": {FAMILIES[f]: n for f, n in sorted(Counter(families).items())},
-            "clips_without_speech": len(unheard),
-            "text": [m.name for m in text],
-            "faces": [m.name for m in faces],
-            "fusion_rows": dict(Counter(fusion_rows.sources)),
-        },
-        "cross_validated": {
-            "folds": config.folds,
-            "voice": scores(data.families, predicted),
-            "by_dataset": {
-                name: scores(data.families[mask], predicted[mask])
-                for name in sorted(set(datasets))
-                if (mask := np.array(datasets) == name).any()
-            },
-            "fusion": cross_validated(fusion_rows, config),
-        },
-    }
-    if text_meta is not None:
-        meta["text"] = text_meta
-    out.mkdir(parents=True, exist_ok=True)
-    save_heads(out / "heads.npz", meta, voice, face_head, fusion, text=text_arrays)
-    report = {**meta, "text_training": text_report}
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    return meta
+    return HeardUtterances(features, owners, unheard)
 
 
 def recording_words(
