@@ -191,20 +191,19 @@ def recording_words(
 ) -> list[HeadReading | None]:
     """What the words of each recorded utterance say (as a call's first utterance: no dialogue before it);
     None where Whisper heard no words, or cut the clip otherwise than the voice features did."""
-    readings: list[HeadReading | None] = []
+    said: list[str] = []
     seen: dict[int, int] = {}
     for owner in owners:
         n = seen.get(owner, 0)
         seen[owner] = n + 1
         texts = heard[owner]
-        said = texts[n].strip() if n < len(texts) else ""
-        if not said:
-            readings.append(None)
-            continue
-        (embedding,) = cache.embed([said])
-        contextual = words.conversation().add("speaker", embedding).contextual
-        readings.append(reading(contextual.families))
-    return readings
+        said.append(texts[n].strip() if n < len(texts) else "")
+    spoken = sorted({text for text in said if text})
+    embeddings = dict(zip(spoken, cache.embed(spoken), strict=True)) if spoken else {}
+    return [
+        reading(words.conversation().add("speaker", embeddings[text]).contextual.families) if text else None
+        for text in said
+    ]
 
 
 def dialogue_rows(words: DialogueHeads, corpus: Corpus) -> FusionRows:
