@@ -258,6 +258,8 @@ def train_heads_command(args: argparse.Namespace) -> int:
             features=args.features,
             text=args.text,
             text_cache=args.text_cache,
+            faces=args.faces,
+            face_cache=args.face_cache,
         )
     except (FileNotFoundError, ManifestError, ValueError) as exc:  # ReservedClipError is a ValueError
         print(f"microemo: {exc}", file=sys.stderr)

@@ -162,7 +162,7 @@ class Mlp:
 
 
 class Fusion:
-    """Log-linear fusion of the modalities present: bias + Σ_present (scale_m · log p_m + shift_m).
+    """Log-linear fusion of the modalities present: bias + Σ_present (scale_m · gate_m · log p_m + shift_m).
 
     With no modality it answers the bias (the training prior); each modality's scale calibrates how much its
     reading is trusted, its shift what its presence says of each family. Trained with modality dropout on data
@@ -170,6 +170,9 @@ class Fusion:
     fitted on (heads/1: voice and face; heads/2: voice, face and text); a reading of another is left out."""
 
     MODALITIES = ("voice", "face", "text")
+    # The words' log-probabilities count by how sure the text head is of an emotion (1 − P(neutral)): scripted,
+    # neutral words (acted corpora) then say little beside a voice, and emotional words in dialogue a lot
+    GATED = ("text",)
 
     def __init__(self, bias: Vector, scales: Mapping[str, float], shifts: Mapping[str, Vector]) -> None:
         self.bias, self.scales, self.shifts = bias, dict(scales), dict(shifts)
@@ -183,7 +186,8 @@ class Fusion:
         for modality in self.modalities:
             reading = readings.get(modality)
             if reading is not None:
-                logits += self.scales[modality] * reading.log_probs + self.shifts[modality]
+                gate = 1.0 - reading.families["neutral"] if modality in self.GATED else 1.0
+                logits += self.scales[modality] * gate * reading.log_probs + self.shifts[modality]
         return HeadReading.from_logits(logits)
 
 

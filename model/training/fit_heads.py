@@ -112,18 +112,26 @@ def fit_fusion(
     config: HeadConfig,
     steps: int = 500,
 ) -> Fusion:
-    """bias + Σ (scale_m · log p_m + shift_m) over the readings present, with modality dropout."""
+    """bias + Σ (scale_m · gate_m · log p_m + shift_m) over the readings present (Fusion), with modality dropout."""
     _seed(config.seed)
     n = len(families)
     k = len(FAMILIES)
     logp = {}
     present = {}
+    gate = {}
     for modality in [m for m in Fusion.MODALITIES if m in readings]:
         rows = readings[modality]
         logp[modality] = torch.tensor(
             np.stack([r.log_probs if r is not None else np.zeros(k) for r in rows]), dtype=torch.float32
         )
         present[modality] = torch.tensor([r is not None for r in rows], dtype=torch.float32)
+        gate[modality] = torch.tensor(
+            [
+                1.0 - r.families["neutral"] if r is not None and modality in Fusion.GATED else 1.0
+                for r in rows
+            ],
+            dtype=torch.float32,
+        )
     modalities = [m for m in Fusion.MODALITIES if m in readings]
     bias = torch.zeros(k, requires_grad=True)
     scales = {m: torch.tensor(1.0, requires_grad=True) for m in modalities}
@@ -136,7 +144,7 @@ def fit_fusion(
         logits = bias.expand(n, k).clone()
         for m in modalities:
             kept = present[m] * (torch.rand(n, generator=generator) >= config.modality_dropout).float()
-            logits = logits + kept[:, None] * (scales[m] * logp[m] + shifts[m])
+            logits = logits + kept[:, None] * (scales[m] * gate[m][:, None] * logp[m] + shifts[m])
         # a small pull of unlearnable parameters (a modality never present) towards "trust it as it is"
         penalty = sum(((scales[m] - 1.0) ** 2 + (shifts[m] ** 2).sum()) for m in modalities)
         loss = loss_fn(logits, y) + 1e-3 * penalty
