@@ -180,7 +180,9 @@ def test_transcription_keeps_the_encoder_states_the_voice_head_was_trained_on(ti
     assert np.corrcoef(transcript.voice, standalone)[0, 1] > 0.99
 
 
-def test_without_a_face_head_the_rules_face_reading_stands_in(shipped: EmotionHeads) -> None:
+def test_a_smile_reads_as_happiness_by_the_face_head_and_by_the_rules_without_one(
+    shipped: EmotionHeads,
+) -> None:
     from model.emotion.clues import VisualClues
 
     smile = VisualClues(
@@ -190,11 +192,14 @@ def test_without_a_face_head_the_rules_face_reading_stands_in(shipped: EmotionHe
         action_units={"lip_corner_pull": 0.6, "cheek_raise": 0.3},
         expression={"happy": 0.9, "neutral": 0.1},
     )
-    seen = HeadsEstimator(EmotionVocabulary.load(), shipped).estimate(
-        Clues("u-0", 0.0, 1.0, None, smile, None)
-    )
-    assert shipped.face is None  # no labelled face video was found to train one (model/data/CARD.md)
-    assert max(seen.families, key=seen.families.__getitem__) == "happiness"
-    assert seen.valence > 0
-    assert [vote.modality for vote in seen.votes] == ["visual"]
-    assert seen.votes[0].evidence[0].startswith("visual reads as happiness")
+    assert shipped.face is not None  # heads/2: learned on real labelled faces
+    voice_only = EmotionHeads.load(DEFAULT_HEADS.with_name("heads-1.npz"))  # heads/1: no face head
+    assert voice_only.face is None
+    for heads in (shipped, voice_only):
+        seen = HeadsEstimator(EmotionVocabulary.load(), heads).estimate(
+            Clues("u-0", 0.0, 1.0, None, smile, None)
+        )
+        assert max(seen.families, key=seen.families.__getitem__) == "happiness"
+        assert seen.valence > 0
+        assert [vote.modality for vote in seen.votes] == ["visual"]
+        assert seen.votes[0].evidence[0].startswith("visual reads as happiness")

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from model.emotion.vocabulary import DATA_DIR, FAMILIES
 
-DEFAULT_TEXT_HEADS = DATA_DIR / "heads" / "text-2.npz"
+DEFAULT_TEXT_HEADS = DATA_DIR / "heads" / "heads-2.npz"  # the words' heads ship inside heads/2
 VALENCE_CLASSES = ("negative", "neutral", "positive")
 EMBEDDING_DIM = 384
 
@@ -215,7 +215,10 @@ class DialogueHeads:
             )
         with np.load(path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
-        return cls.from_arrays(arrays, json.loads(str(arrays.pop("meta"))), str(path))
+        meta = json.loads(str(arrays.pop("meta")))
+        return cls.from_arrays(
+            arrays, meta.get("text", meta), str(path)
+        )  # a heads file keeps theirs in "text"
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, Array], meta: dict[str, Any], source: str) -> DialogueHeads:

@@ -362,7 +362,7 @@ class HeadsEstimator(FastEstimator):
         boost = self._named_emotions(text)
         for label, score in heads.fine_labels(text.embedding).items():
             word = heads.fine.words.get(label)
-            if word is not None and word in self.vocabulary and label != "neutral":
+            if word is not None and word in self.vocabulary:
                 boost[word] = boost.get(word, 0.0) + FINE_LABEL_WEIGHT * score
         return None, boost, FINE_LABEL_RANKING
 

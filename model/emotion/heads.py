@@ -23,7 +23,7 @@ from model.audio.prosody import Prosody
 from model.emotion.dialogue import DialogueHeads
 from model.emotion.vocabulary import DATA_DIR, FAMILIES
 
-DEFAULT_HEADS = DATA_DIR / "heads" / "heads-1.npz"
+DEFAULT_HEADS = DATA_DIR / "heads" / "heads-2.npz"  # heads/1 (voice only) stays beside it for comparison
 WHISPER_FRAME_SAMPLES = 320  # one encoder state per 20 ms of 16 kHz audio
 
 # Where each basic family sits on valence / arousal (-1..1), after Russell's circumplex; the heads' valence

@@ -301,7 +301,7 @@ def load_face_head(path: Path) -> Mlp:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifests", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("/work/data/runs/face-2.npz"))
+    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=Path("/work/data/cache/face_stills.npz"))
     parser.add_argument("--score-test", action="store_true", help="score the held-out test splits (once)")
     args = parser.parse_args(argv)

@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from model.emotion.dialogue import (
-    DEFAULT_TEXT_HEADS,
     VALENCE_CLASSES,
     DialogueHeads,
     save_dialogue_heads,
@@ -740,7 +739,7 @@ def train(corpus: Corpus, grids: bool = True) -> tuple[dict[str, Floats], dict[s
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifests", nargs="+", type=Path, help="meld, emorynlp and goemotions manifests")
-    parser.add_argument("--out", type=Path, default=DEFAULT_TEXT_HEADS)
+    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--report", type=Path, help="write the training report (JSON) here")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--no-grid", action="store_true", help="train the default configs without choosing")
