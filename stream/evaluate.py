@@ -23,7 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from model.emotion.clues import Clues, UtteranceInput
 from model.emotion.estimator import EmotionEstimate
-from model.emotion.vocabulary import EmotionVocabulary
+from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
 from model.training.evaluation import (
     ClipPrediction,
     LabelledClip,
@@ -33,6 +33,7 @@ from model.training.evaluation import (
     predicted_family,
     true_family,
 )
+from model.training.fit_fusion import expected_calibration_error
 
 if TYPE_CHECKING:  # the pipeline's heavy imports are not needed to read or print a report
     from stream.offline import OfflinePipeline
@@ -118,6 +119,7 @@ async def evaluate_manifest(
             bar.set_postfix(accuracy=f"{hits / len(details):.2f}", refresh=False)
             bar.update()
     scores = evaluate(clips, predictions, vocabulary, top_k=top_k)
+    scores["metrics"]["family_ece"] = family_calibration(truth, [read.get(id(clip), []) for clip in clips])
     models = sorted({model for detail in details for model in detail["models"]})
     return {"manifest": str(manifest), "models": models, **scores, "failed": failed, "clips": details}
 
@@ -153,6 +155,19 @@ async def read_text_lines(
             messages[id(line)] = [emotion_message(estimate, top_k, service.name)]
         service.end_call(dialogue)
     return messages
+
+
+def family_calibration(truth: list[str], messages: list[list[dict[str, Any]]]) -> float | None:
+    """Expected calibration error of the fused family probabilities, over the lines whose estimate carries them
+    (text lines and stills; a recording's events do not); None without any."""
+    rows = [
+        (FAMILIES.index(family), m[0]["families"]) for family, m in zip(truth, messages, strict=True) if m
+    ]
+    rows = [(index, families) for index, families in rows if families]
+    if not rows:
+        return None
+    probs = np.array([[families.get(f, 0.0) for f in FAMILIES] for _, families in rows], dtype=np.float64)
+    return expected_calibration_error(probs, np.array([index for index, _ in rows], dtype=np.int64))
 
 
 async def read_stills(
@@ -201,6 +216,7 @@ def emotion_message(estimate: EmotionEstimate, top_k: int, model: str) -> dict[s
         "valence": estimate.valence,
         "arousal": estimate.arousal,
         "model": model,
+        "families": estimate.families,  # read here, not published: for the calibration of text and stills
     }
 
 
@@ -259,6 +275,8 @@ def summary(report: dict[str, Any], max_group_rows: int = 20) -> Group:
         f"labels (top {metrics['top_k']}): precision {number(metrics['label_precision'])}, "
         f"recall {number(metrics['label_recall'])}"
     )
+    if metrics.get("family_ece") is not None:
+        labels += f"; family probabilities' ECE {number(metrics['family_ece'])}"
     families = numbers_table("family", ["support", "predicted", "precision", "recall", "F1"])
     for family, s in report["per_family"].items():
         families.add_row(

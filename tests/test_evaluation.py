@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
@@ -290,3 +291,14 @@ def test_a_line_with_both_a_clip_and_a_text_is_refused(tmp_path: Path) -> None:
     manifest.write_text('{"clip": "a.wav", "text": "hi", "labels": ["happy"]}\n')
     with pytest.raises(ManifestError, match="clip or a text"):
         load_manifest(manifest)
+
+
+def test_expected_calibration_error_is_the_gap_between_confidence_and_accuracy() -> None:
+    from model.training.fit_fusion import expected_calibration_error
+
+    sure = np.eye(7)[[0, 1, 2, 3]]  # certain of each answer
+    assert expected_calibration_error(sure, np.array([0, 1, 2, 3])) == 0.0  # and right every time
+    assert expected_calibration_error(sure, np.array([1, 2, 3, 4])) == 1.0  # and wrong every time
+    halves = np.full((4, 7), 0.5 / 6)
+    halves[:, 0] = 0.5  # 50 % sure of family 0, right half the time: calibrated
+    assert expected_calibration_error(halves, np.array([0, 0, 1, 1])) == pytest.approx(0.0)
