@@ -63,7 +63,7 @@ async def test_each_utterance_gets_the_fast_estimate_then_the_smollm2_refinement
         emotions = [m for m in mine if m["type"] == "emotion"]
         assert [m["type"] for m in mine] == ["utterance", "emotion", "emotion"]
         fast, refined = emotions
-        assert fast["final"] is False and fast["model"] == "heads/1"  # the default estimator
+        assert fast["final"] is False and fast["model"] == "heads/2"  # the default estimator
         assert refined["final"] is True and refined["model"] == "llm:SmolLM2-135M-Instruct.Q4_1"
         assert refined["clues"] == fast["clues"]  # the same evidence, read by another model
         assert len(refined["labels"]) == 5  # emotion.top_k (its default)
