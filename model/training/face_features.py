@@ -23,7 +23,6 @@ mtime) in one .npz before any baseline is applied, so a new baseline costs no Me
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from model.face.expression import EXPRESSION_CLASSES, ExpressionClassifier
 from model.face.landmarks import FaceObservation, MediaPipeFaceAnalyzer
 from model.face.micro import EXPRESSIVE, MicroExpressionBuffer
 from model.face.signals import REGION_SIGNALS, FaceSignals, face_signals
+from model.training.feature_cache import cache_key, save_arrays
 
 log = logging.getLogger(__name__)
 
@@ -159,31 +159,19 @@ def extract_stills(
     result: list[StillFace | None] = []
     fresh = 0
     for path in tqdm(paths, desc="face features", unit="image", disable=None):
-        key = _cache_key(path)
+        key = cache_key(path)
         if key not in stored:
             reader = reader or StillFaceReader()
             face = reader.read_file(path)
             stored[key] = face.to_array() if face is not None else np.zeros(0, np.float32)
             fresh += 1
             if fresh % SAVE_EVERY == 0:  # an interrupted run keeps most of its work
-                _save(cache, stored)
+                save_arrays(cache, stored)
         row = stored[key]
         result.append(StillFace.from_array(row) if len(row) else None)
     if fresh:
-        _save(cache, stored)
+        save_arrays(cache, stored)
     log.info(
         "face features: %d images, %d computed, %d from %s", len(paths), fresh, len(paths) - fresh, cache
     )
     return result
-
-
-def _save(cache: Path, stored: dict[str, npt.NDArray[np.float32]]) -> None:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.stem + ".partial.npz")
-    np.savez(tmp, **stored)  # type: ignore[arg-type]
-    tmp.replace(cache)
-
-
-def _cache_key(path: Path) -> str:
-    stat = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()

@@ -8,7 +8,6 @@ per clip (keyed by path, size and mtime) in one .npz, so a second run over the s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from model.audio.vad import PcmChunk, SileroModel
 from model.audio.whisper import FasterWhisperTranscriber
 from model.emotion.heads import voice_features
 from model.settings import AsrSettings, VadSettings
+from model.training.feature_cache import cache_key, save_arrays
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16_000
@@ -86,16 +86,16 @@ def extract_voice(
             stored = {key: data[key] for key in data.files}
     result, fresh = [], 0
     for path in tqdm(clips, desc="voice features", unit="clip", disable=None):
-        key = _cache_key(path)
+        key = cache_key(path)
         if key not in stored:
             extractor = extractor or VoiceFeatureExtractor()
             stored[key] = extractor.clip(path).features
             fresh += 1
             if fresh % SAVE_EVERY == 0:  # an interrupted run keeps most of its work
-                _save(cache, stored)
+                save_arrays(cache, stored)
         result.append(ClipVoice(path, stored[key]))
     if fresh:
-        _save(cache, stored)
+        save_arrays(cache, stored)
     log.info(
         "voice features: %d clips, %d computed, %d from %s", len(clips), fresh, len(clips) - fresh, cache
     )
@@ -110,7 +110,7 @@ def extract_transcripts(
     stored: dict[str, list[str]] = json.loads(cache.read_text()) if cache.is_file() else {}
     result, fresh = [], 0
     for path in tqdm(clips, desc="transcripts", unit="clip", disable=None):
-        key = _cache_key(path)
+        key = cache_key(path)
         if key not in stored:
             extractor = extractor or VoiceFeatureExtractor()
             pcm = _decode(path)
@@ -138,15 +138,3 @@ def _save_json(cache: Path, stored: dict[str, list[str]]) -> None:
     tmp = cache.with_name(cache.stem + ".partial.json")
     tmp.write_text(json.dumps(stored))
     tmp.replace(cache)
-
-
-def _save(cache: Path, stored: dict[str, npt.NDArray[np.float32]]) -> None:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.stem + ".partial.npz")
-    np.savez(tmp, **stored)  # type: ignore[arg-type]
-    tmp.replace(cache)
-
-
-def _cache_key(path: Path) -> str:
-    stat = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
