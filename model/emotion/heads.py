@@ -177,6 +177,11 @@ class Fusion:
     def __init__(self, bias: Vector, scales: Mapping[str, float], shifts: Mapping[str, Vector]) -> None:
         self.bias, self.scales, self.shifts = bias, dict(scales), dict(shifts)
 
+    @classmethod
+    def gate(cls, modality: str, reading: HeadReading) -> float:
+        """How much a reading's log-probabilities count: 1, or for the words 1 − P(neutral)."""
+        return 1.0 - reading.families["neutral"] if modality in cls.GATED else 1.0
+
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(m for m in self.MODALITIES if m in self.scales)
@@ -186,7 +191,7 @@ class Fusion:
         for modality in self.modalities:
             reading = readings.get(modality)
             if reading is not None:
-                gate = 1.0 - reading.families["neutral"] if modality in self.GATED else 1.0
+                gate = self.gate(modality, reading)
                 logits += self.scales[modality] * gate * reading.log_probs + self.shifts[modality]
         return HeadReading.from_logits(logits)
 

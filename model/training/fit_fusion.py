@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from model.emotion.heads import Fusion, HeadReading
+from model.emotion.heads import Fusion, HeadReading, affect_of
 from model.emotion.vocabulary import FAMILIES
 from model.training.fit_heads import HeadConfig, fit_fusion
 
@@ -111,6 +111,4 @@ def _calibration(probs: npt.NDArray[np.float64], truth: npt.NDArray[np.int64]) -
 
 def reading(families: Mapping[str, float]) -> HeadReading:
     """A reading from family probabilities alone (valence and arousal where the families sit)."""
-    from model.emotion.heads import affect_of
-
     return HeadReading(dict(families), *affect_of(families))

@@ -119,20 +119,16 @@ def fit_fusion(
     logp = {}
     present = {}
     gate = {}
-    for modality in [m for m in Fusion.MODALITIES if m in readings]:
+    modalities = [m for m in Fusion.MODALITIES if m in readings]
+    for modality in modalities:
         rows = readings[modality]
         logp[modality] = torch.tensor(
             np.stack([r.log_probs if r is not None else np.zeros(k) for r in rows]), dtype=torch.float32
         )
         present[modality] = torch.tensor([r is not None for r in rows], dtype=torch.float32)
         gate[modality] = torch.tensor(
-            [
-                1.0 - r.families["neutral"] if r is not None and modality in Fusion.GATED else 1.0
-                for r in rows
-            ],
-            dtype=torch.float32,
+            [Fusion.gate(modality, r) if r is not None else 1.0 for r in rows], dtype=torch.float32
         )
-    modalities = [m for m in Fusion.MODALITIES if m in readings]
     bias = torch.zeros(k, requires_grad=True)
     scales = {m: torch.tensor(1.0, requires_grad=True) for m in modalities}
     shifts = {m: torch.zeros(k, requires_grad=True) for m in modalities}

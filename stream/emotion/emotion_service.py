@@ -138,8 +138,8 @@ class EmotionService:
             return None
         call, participant = conversation
         with self._conversations_lock:
-            context = self._conversations.pop(call, None) or heads.conversation()
-            self._conversations[call] = context  # most recently used last
+            context = self._conversations.setdefault(call, heads.conversation())
+            self._conversations.move_to_end(call)  # most recently used last
             while len(self._conversations) > MAX_CONVERSATIONS:
                 self._conversations.popitem(last=False)
             read = context.add if final else context.peek
