@@ -203,3 +203,37 @@ def test_a_smile_reads_as_happiness_by_the_face_head_and_by_the_rules_without_on
         assert seen.valence > 0
         assert [vote.modality for vote in seen.votes] == ["visual"]
         assert seen.votes[0].evidence[0].startswith("visual reads as happiness")
+
+
+def test_a_modality_without_say_counts_as_absent() -> None:
+    bias = np.log(np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.4], np.float32))
+    shifts = {m: np.full(7, 0.2, np.float32) for m in Fusion.MODALITIES}
+    fusion = Fusion(bias, {"voice": 1.0, "text": 1.0}, shifts)
+    angry = HeadReading({f: (0.94 if f == "anger" else 0.01) for f in FAMILIES}, -0.7, 0.7)
+    absent = fusion.fuse({"text": None})
+    assert fusion.fuse({"text": angry}, say={"text": 0.0}).families == absent.families
+    half = fusion.fuse({"text": angry}, say={"text": 0.5}).families["anger"]
+    full = fusion.fuse({"text": angry}).families["anger"]
+    assert absent.families["anger"] < half < full
+
+
+def test_words_the_recogniser_was_unsure_of_have_no_say(shipped: EmotionHeads) -> None:
+    from model.emotion.heads import HEARD_SURE, HEARD_UNSURE, words_say
+    from model.emotion.vocabulary import SentenceEncoder
+
+    assert words_say(None) == 1.0  # a written line: its words count in full
+    assert words_say(HEARD_UNSURE) == 0.0 and words_say(HEARD_SURE) == 1.0
+    assert 0.0 < words_say((HEARD_UNSURE + HEARD_SURE) / 2) < 1.0
+    sentence = "Thank you so much, that's wonderful"
+    embedding = SentenceEncoder().embed_one(sentence)
+    estimator = HeadsEstimator(EmotionVocabulary.load(), shipped)
+
+    def read(heard: float | None, with_text: bool = True) -> tuple[dict[str, float], float]:
+        text = TextClues(sentence, analyse_text(sentence), embedding, heard) if with_text else None
+        estimate = estimator.estimate(Clues("u-0", 0.0, 1.0, text, None, None))
+        return estimate.families, estimate.valence
+
+    sure, unsure, unheard = read(HEARD_SURE), read(HEARD_UNSURE), read(None, with_text=False)
+    assert max(sure[0], key=sure[0].__getitem__) == "happiness" and sure[1] > unheard[1]
+    assert unsure == unheard  # the same reading as no words at all
+    assert read(None) == sure  # a written line counts as surely heard

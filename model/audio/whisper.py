@@ -35,6 +35,8 @@ class Transcript:
     # (2 D,) float32: mean and std over time of the Whisper encoder's states of this audio (what the voice
     # emotion head reads; computed by the transcription anyway); None for a transcriber without an encoder
     voice: np.ndarray | None = None
+    # how sure the recogniser was of these words, 0..1 (model/emotion/heads.py `words_say`); None: unknown
+    heard: float | None = None
 
 
 class Transcriber(Protocol):
@@ -98,8 +100,11 @@ class FasterWhisperTranscriber:
         segments, info = self._model.transcribe(pcm, **decoding_options(self._settings, pcm, words))
         timed: list[Word] = []
         texts: list[str] = []
+        logprob, tokens = 0.0, 0
         for segment in segments:
             texts.append(segment.text.strip())
+            logprob += segment.avg_logprob * len(segment.tokens)
+            tokens += len(segment.tokens)
             for w in segment.words or []:
                 timed.append(Word(w.word.strip(), t_offset + w.start, t_offset + w.end, float(w.probability)))
         states = self._kept.states
@@ -109,6 +114,7 @@ class FasterWhisperTranscriber:
             lang=info.language,
             seconds=time.perf_counter() - started,
             voice=None if states is None else pool_encoder_states(states, len(pcm)),
+            heard=float(np.exp(logprob / tokens)) if tokens else None,
         )
 
     def voice_states(self, pcm: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ class UtteranceInput:
     voice: np.ndarray | None = (
         None  # (2 D,) pooled Whisper encoder states of pcm (model/emotion/heads.py), if kept
     )
+    heard: float | None = None  # how sure the ASR was of `text`, 0..1; None: text not heard (a written line)
 
 
 # -- clues ---------------------------------------------------------------------------------------
@@ -38,11 +39,13 @@ class TextClues:
     text: str
     affect: TextAffect
     embedding: np.ndarray | None  # (384,) float32 unit-length MiniLM sentence embedding
+    heard: float | None = None  # how sure the ASR was of the words, 0..1; None: not heard (a written line)
 
     def to_dict(self) -> dict[str, Any]:
         a = self.affect
         return {
             "transcript": self.text,
+            "heard": None if self.heard is None else round(self.heard, 3),
             "valence": round(a.valence, 3),
             "negations": list(a.negations),
             "hedges": list(a.hedges),
@@ -115,16 +118,16 @@ class ClueExtractor:
             utterance=utterance.utterance,
             t0=utterance.t0,
             t1=utterance.t1,
-            text=self.text_clues(utterance.text),
+            text=self.text_clues(utterance.text, utterance.heard),
             visual=self.visual_clues(utterance.face),
             audio=audio_clues(utterance, speaker),
         )
 
-    def text_clues(self, text: str) -> TextClues | None:
+    def text_clues(self, text: str, heard: float | None = None) -> TextClues | None:
         if not text.strip():
             return None
         embedding = self._sentences.embed_one(text) if self._sentences is not None else None
-        return TextClues(text=text.strip(), affect=analyse_text(text), embedding=embedding)
+        return TextClues(text=text.strip(), affect=analyse_text(text), embedding=embedding, heard=heard)
 
     def visual_clues(self, face: FaceWindow | None) -> VisualClues | None:
         if face is None or face.present < MIN_FACE_PRESENT:

@@ -11,7 +11,14 @@ import numpy.typing as npt
 
 from model.emotion.clues import AudioClues, Clues, TextClues, VisualClues
 from model.emotion.dialogue import TextReading
-from model.emotion.heads import EmotionHeads, HeadReading, affect_of, face_features, voice_features
+from model.emotion.heads import (
+    EmotionHeads,
+    HeadReading,
+    affect_of,
+    face_features,
+    voice_features,
+    words_say,
+)
 from model.emotion.vocabulary import EXPRESSION_FAMILY, FAMILIES, EmotionVocabulary, RankWeights
 
 NAMED_EMOTION_BOOST = 0.6
@@ -336,6 +343,7 @@ class HeadsEstimator(FastEstimator):
             if face is not None:
                 votes.append(_head_vote("visual", face, rules))
         rules_text = text_vote(clues.text)
+        say = words_say(clues.text.heard if clues.text is not None else None)
         if words is None and self.heads.text is not None and clues.text is not None:
             if clues.text.embedding is not None:
                 words = self.heads.text.read_text(clues.text.embedding)
@@ -344,12 +352,13 @@ class HeadsEstimator(FastEstimator):
             votes.insert(0, _head_vote("text", text, rules_text))
         elif rules_text is not None:
             votes.insert(0, rules_text)
-        fused = self.heads.fusion.fuse({"voice": voice, "face": face, "text": text})
+        fused = self.heads.fusion.fuse({"voice": voice, "face": face, "text": text}, say={"text": say})
         valence = fused.valence
         if text is not None:
-            valence = (valence + HEADS_TEXT_WEIGHT * text.valence) / (1 + HEADS_TEXT_WEIGHT)
+            weight = HEADS_TEXT_WEIGHT * say
+            valence = (valence + weight * text.valence) / (1 + weight)
         elif rules_text is not None:
-            weight = HEADS_TEXT_WEIGHT * rules_text.valence_weight
+            weight = HEADS_TEXT_WEIGHT * rules_text.valence_weight * say
             valence = (valence + weight * rules_text.valence) / (1 + weight)
         return float(np.clip(valence, -1, 1)), fused.arousal, fused.families, tuple(votes)
 
@@ -359,11 +368,12 @@ class HeadsEstimator(FastEstimator):
         heads = self.heads.text
         if heads is None or text is None or text.embedding is None:
             return super()._label_clues(text)
-        boost = self._named_emotions(text)
+        say = words_say(text.heard)
+        boost = {word: say * score for word, score in self._named_emotions(text).items()}
         for label, score in heads.fine_labels(text.embedding).items():
             word = heads.fine.words.get(label)
             if word is not None and word in self.vocabulary:
-                boost[word] = boost.get(word, 0.0) + FINE_LABEL_WEIGHT * score
+                boost[word] = boost.get(word, 0.0) + FINE_LABEL_WEIGHT * say * score
         return None, boost, FINE_LABEL_RANKING
 
 

@@ -46,6 +46,7 @@ class Estimate(Processor[SeenUtterance, EstimatedUtterance]):
             pcm=utterance.pcm,
             face=frame.window,
             voice=transcript.voice,
+            heard=transcript.heard,
         )
         speaker = self._speaker if frame.final else copy.deepcopy(self._speaker)
         try:
