@@ -1,13 +1,15 @@
-"""Print a call's events as they happen: `python -m clients.ws_subscriber CALL [--url ws://127.0.0.1:8080]`."""
+"""Print a call's events as they happen: `python -m clients.ws_subscriber CALL [--url ws://127.0.0.1:8080]`.
+
+It rides out dropped connections (clients/microemo.py): it reconnects and resumes after the last event printed."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import logging
 from typing import Any
 
-from websockets.asyncio.client import connect
+from clients.microemo import MicroEmo
 
 
 def describe(event: dict[str, Any]) -> str:
@@ -36,11 +38,10 @@ def describe(event: dict[str, Any]) -> str:
     return f"#{event.get('seq', '-'):<5} {span} {who:>12}  {kind:<18} {detail}"
 
 
-async def follow(url: str, call: str, types: str | None, token: str | None) -> None:
-    query = f"call={call}" + (f"&types={types}" if types else "") + (f"&token={token}" if token else "")
-    async with connect(f"{url}/events?{query}") as ws:
-        async for text in ws:
-            print(describe(json.loads(text)), flush=True)
+async def follow(url: str, call: str, types: str | None, token: str | None, since: int | None) -> None:
+    client = MicroEmo(url, call, token=token, types=types.split(",") if types else None, since=since)
+    async for event in client.events():
+        print(describe(event.data), flush=True)
 
 
 def main() -> None:
@@ -49,9 +50,16 @@ def main() -> None:
     parser.add_argument("--url", default="ws://127.0.0.1:8080")
     parser.add_argument("--types", help="comma-separated event types, e.g. utterance,emotion")
     parser.add_argument("--token", help="a token with subscribe rights (needed off loopback)")
+    parser.add_argument(
+        "--since",
+        type=int,
+        help="first the call's held events after this seq (0: all held); default: from now",
+    )
     args = parser.parse_args()
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("clients.microemo").setLevel(logging.INFO)  # its reconnects, on stderr
     try:
-        asyncio.run(follow(args.url, args.call, args.types, args.token))
+        asyncio.run(follow(args.url, args.call, args.types, args.token, args.since))
     except KeyboardInterrupt:
         pass
 

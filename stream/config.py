@@ -133,6 +133,10 @@ class EmotionSettings(Section):
 class HubSettings(Section):
     subscriber_queue: int = Field(256, ge=1)
     send_timeout_s: float = Field(2.0, gt=0)
+    # Each call's last events, kept for websocket subscribers that resume (`/events?since=<seq>`): at most this
+    # many per call, none older than history_s; a call's history goes history_s after its last event. 0: none.
+    history_events: int = Field(2000, ge=0)
+    history_s: float = Field(300.0, gt=0)
 
 
 RIGHT = re.compile(r"^(publish|admin|subscribe:(\*|[A-Za-z0-9_-]{1,64}))$")

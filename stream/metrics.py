@@ -12,6 +12,17 @@ EVENTS = Counter("microemo_events_total", "Events published", ["type"], registry
 SUBSCRIBERS_CUT = Counter(
     "microemo_subscribers_cut_total", "Websocket subscribers cut off for falling behind", registry=REGISTRY
 )
+EVENTS_REPLAYED = Counter(
+    "microemo_events_replayed_total",
+    "Held events read again for websocket subscribers that resumed with since= (before their type filter)",
+    registry=REGISTRY,
+)
+RESUMES = Counter(
+    "microemo_resumes_total",
+    "Websocket subscribers that resumed with since=: complete (nothing missing) or history_gone (told of a gap)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 ASR_COMPUTE = Histogram(
     "microemo_asr_compute_seconds",
     "Compute time of one transcription",

@@ -398,6 +398,22 @@ def parse_version(raw: str | None) -> int:
     return int(raw)
 
 
+# On the websocket handshake of a one-call subscription: the call's last seq when it was subscribed. The live events
+# of the connection come after it, so a client that connected without since= knows where to resume from.
+LAST_SEQ_HEADER = "X-Last-Seq"
+
+
+def parse_since(raw: str | None, call: str | None) -> int | None:
+    """`?since=<seq>`: first the held events of the call after this seq, then live ones (README "Resuming")."""
+    if raw is None:
+        return None
+    if call is None:
+        raise ApiError(400, "since_needs_call", "since= resumes the events of one call: give call= too")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
+        raise ApiError(400, "bad_since", "since must be a seq number, an integer >= 0")
+    return int(raw)
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     call = request.query.get("call")
@@ -406,11 +422,20 @@ async def events(request: web.Request) -> web.StreamResponse:
     services.auth.require_subscribe(request, call)
     types = parse_types(request.query.get("types"))
     version = parse_version(request.query.get("v"))
+    since = parse_since(request.query.get("since"), call)
     ws = web.WebSocketResponse(heartbeat=20.0)
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "websocket_required", "GET /events is a websocket endpoint")
-    await ws.prepare(request)
-    subscriber = services.hub.subscribe(call, types, version)
+    # Subscribed before the handshake (what is published meanwhile waits in its queue), so that the header names
+    # exactly the seq its live events follow; the replay and the registration are one step (hub.subscribe).
+    subscriber = services.hub.subscribe(call, types, version, since)
+    if call is not None:
+        ws.headers[LAST_SEQ_HEADER] = str(services.hub.latest_seq(call))
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        services.hub.unsubscribe(subscriber)
+        raise
     services.websockets[ws] = request.transport
     writer = asyncio.create_task(
         _write_events(ws, request.transport, subscriber, services.settings.hub.send_timeout_s)
@@ -588,7 +613,12 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         services = Services(
             settings,
             Authorizer(settings.auth.tokens),
-            Hub(settings.hub.subscriber_queue, node=node_id(settings)),
+            Hub(
+                settings.hub.subscriber_queue,
+                node=node_id(settings),
+                history_events=settings.hub.history_events,
+                history_s=settings.hub.history_s,
+            ),
             vad_model,
             asr,
             OfferLimits(settings.webrtc),
