@@ -16,6 +16,7 @@ from model.training.corpora import (
     MEAD_EMOTIONS,
     RAVDESS_EMOTIONS,
     TESS_EMOTIONS,
+    URDU_EMOTIONS,
     CorpusError,
     corpus_clips,
     write_manifest,
@@ -145,6 +146,24 @@ def test_emodb_boredom_is_neutral_and_anxiety_fear_in_german(tmp_path: Path) -> 
     assert {clip.lang for clip in clips.values()} == {"de"}
 
 
+def test_urdu_is_a_dev_corpus_of_four_families_in_urdu(tmp_path: Path) -> None:
+    files = [
+        "Angry/SM1_F10_A010.wav",
+        "Happy/SF3_F02_H045.wav",
+        "Neutral/SM12_F01_N003.wav",
+        "Sad/SM1_F11_S099.wav",
+    ]
+    clips = by_name(corpus_clips("urdu", fake_corpus(tmp_path / "urdu", files)))
+    assert [clips[Path(f).name].family for f in files] == ["anger", "happiness", "neutral", "sadness"]
+    assert clips["SF3_F02_H045.wav"].speaker == "urdu-f3" and clips["SF3_F02_H045.wav"].gender == "f"
+    assert clips["SM1_F10_A010.wav"].speaker == clips["SM1_F11_S099.wav"].speaker == "urdu-m1"
+    assert {clip.split for clip in clips.values()} == {"dev"} and {clip.lang for clip in clips.values()} == {
+        "ur"
+    }
+    with pytest.raises(CorpusError, match="none of them in the train split"):
+        corpus_clips("urdu", tmp_path / "urdu", "train")
+
+
 def test_crema_d_gender_comes_from_the_corpus_demographics(tmp_path: Path) -> None:
     root = fake_corpus(tmp_path / "crema-d", CREMA_D_FILES)
     (root / "VideoDemographics.csv").write_text(
@@ -159,7 +178,7 @@ def test_crema_d_gender_comes_from_the_corpus_demographics(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    "table", [RAVDESS_EMOTIONS, TESS_EMOTIONS, EMODB_EMOTIONS, CREMA_D_EMOTIONS, MEAD_EMOTIONS]
+    "table", [RAVDESS_EMOTIONS, TESS_EMOTIONS, EMODB_EMOTIONS, URDU_EMOTIONS, CREMA_D_EMOTIONS, MEAD_EMOTIONS]
 )
 def test_every_corpus_label_is_a_vocabulary_word_with_a_basic_family(table: dict) -> None:
     vocabulary = EmotionVocabulary.load()

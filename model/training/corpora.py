@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = frozenset({".wav", ".mp3", ".flac", ".m4a"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm"})
-SPLITS = ("train", "test")
+SPLITS = ("train", "dev", "test")  # dev: for choices only, never trained on
 MODALITIES = ("audio", "video")
 # Never trained or tuned on: they measure how the model does on speakers, sentences and studios it has not
 # seen (RAVDESS actors 17-24 are held out as well, through RAVDESS's own split).
@@ -106,6 +106,16 @@ TESS_EMOTIONS: dict[str, Emotion] = {
     "pleasant_surprise": _PLEASANT_SURPRISE,
     "pleasant_surprised": _PLEASANT_SURPRISE,
     "sad": (("sad",), "sadness"),
+}
+
+# URDU (Latif et al. 2018), Urdu talk shows: Angry/SM1_F10_A010.wav = speaker M1 (gender, number), file 10,
+# angry utterance 10. Dev only: speech in a language the English recogniser does not know, for choices.
+URDU_NAME = re.compile(r"S([MF])(\d+)_F\d+_([AHNS])\d+")
+URDU_EMOTIONS = {
+    "A": (("angry",), "anger"),
+    "H": (("happy",), "happiness"),
+    "N": (("neutral",), "neutral"),
+    "S": (("sad",), "sadness"),
 }
 
 # EmoDB (Burkhardt et al. 2005): 03a01Fa.wav = speaker 03, text a01, emotion F (German initial), version a.
@@ -233,6 +243,24 @@ def read_emodb(root: Path) -> list[CorpusClip]:
     return clips
 
 
+def read_urdu(root: Path) -> list[CorpusClip]:
+    """URDU dataset clips under `root`; all dev (choices only: never trained on)."""
+    clips, skipped = [], []
+    for path in media_files(root):
+        match = URDU_NAME.fullmatch(path.stem)
+        if match is None:
+            skipped.append(path)
+            continue
+        gender, number, emotion = match.groups()
+        labels, family = URDU_EMOTIONS[emotion]
+        speaker = f"urdu-{gender.lower()}{number}"
+        clips.append(
+            CorpusClip(path, labels, family, "urdu", speaker, gender.lower(), "ur", modality_of(path), "dev")
+        )
+    _warn_skipped(root, "URDU", skipped)
+    return clips
+
+
 def read_crema_d(root: Path) -> list[CorpusClip]:
     """CREMA-D clips (AudioWAV, AudioMP3 or VideoFlash) under `root`; all test: reserved for evaluation.
 
@@ -307,6 +335,7 @@ READERS: dict[str, Callable[[Path], list[CorpusClip]]] = {
     "ravdess": read_ravdess,
     "tess": read_tess,
     "emodb": read_emodb,
+    "urdu": read_urdu,
     "crema-d": read_crema_d,
     "mead": read_mead,
 }
@@ -314,6 +343,7 @@ EXAMPLE_NAMES = {
     "ravdess": "Actor_12/03-01-06-01-02-01-12.wav",
     "tess": "OAF_angry/OAF_back_angry.wav",
     "emodb": "wav/03a01Fa.wav",
+    "urdu": "Angry/SM1_F10_A010.wav",
     "crema-d": "AudioWAV/1001_DFA_ANG_XX.wav",
     "mead": "M003/video/front/angry/level_2/001.mp4",
 }
@@ -328,7 +358,7 @@ def corpus_clips(corpus: str, root: Path, split: str = "all") -> list[CorpusClip
     if corpus not in READERS:
         raise CorpusError(f"unknown corpus {corpus!r}; known: {', '.join(READERS)}")
     if split not in (*SPLITS, "all"):
-        raise CorpusError(f"unknown split {split!r}; use train, test or all")
+        raise CorpusError(f"unknown split {split!r}; use train, dev, test or all")
     if split == "train" and corpus in EVALUATION_ONLY:
         raise CorpusError(
             f"{corpus} is reserved for evaluation: it is never trained or tuned on, so it has no train split "

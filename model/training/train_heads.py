@@ -48,9 +48,9 @@ def training_clips(manifests: list[Path]) -> list[LabelledClip]:
     clips = [clip for manifest in manifests for clip in load_manifest(manifest) if clip.clip is not None]
     for clip in clips:
         dataset = clip.groups.get("dataset", "").lower()
-        if dataset in EVALUATION_ONLY or clip.groups.get("split") == "test":
+        if dataset in EVALUATION_ONLY or clip.groups.get("split") in ("dev", "test"):
             raise ReservedClipError(
-                f"{clip.name}: reserved for evaluation (dataset {dataset or '?'}, split "
+                f"{clip.name}: reserved for evaluation or choices (dataset {dataset or '?'}, split "
                 f"{clip.groups.get('split', '?')}); train on split 'train' lines only"
             )
     return clips
