@@ -1,0 +1,114 @@
+"""The pipecat processor in a real pipecat pipeline fed real speech, against a real MicroEmo server: every frame
+of the pipeline passes through unchanged and in order, and the server's reading comes back as frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pipecat.frames.frames import EndFrame, ErrorFrame, InputAudioRawFrame, TextFrame
+from pipecat.processors.aggregators.llm_context import LLMContext
+
+from clients.pipecat import (
+    MicroEmoContextNote,
+    MicroEmoEmotionFrame,
+    MicroEmoFrame,
+    MicroEmoProcessor,
+    MicroEmoUtteranceFrame,
+)
+from tests.conftest import SENTENCES
+from tests.harness import ServerProcess, free_port
+from tests.media import Speech, compose, word_error_rate
+from tests.pipecat_rig import Collector, SpeechSource, run_pipeline
+
+
+def final_emotions(sink: Collector) -> list[MicroEmoEmotionFrame]:
+    return [f for f in sink.of_type(MicroEmoEmotionFrame) if f.final]  # type: ignore[misc]
+
+
+def assert_passed_through(source: SpeechSource, sink: Collector) -> None:
+    """Every frame the source made reached the sink, the same object with the same bytes, in order (audio among
+    audio, markers among markers: pipecat hands system frames such as audio on ahead of data frames)."""
+    for kind in (InputAudioRawFrame, TextFrame):
+        made = [f for f in source.pushed if type(f) is kind]
+        arrived = [f for f in sink.frames if type(f) is kind]
+        assert len(made) > 2
+        assert [id(f) for f in arrived] == [id(f) for f in made]
+
+
+@pytest.mark.slow
+async def test_pipeline_frames_pass_and_the_reading_comes_back_in_order(
+    server: ServerProcess, speech: Speech
+) -> None:
+    source, sink = SpeechSource(speech.samples), Collector()
+    processor = MicroEmoProcessor(server.url, call="pipecat-speech", host_addresses=["127.0.0.1"])
+    sizes: list[int] = []
+
+    async def until_both_read() -> None:
+        await sink.wait_until(
+            lambda s: len(final_emotions(s)) >= len(SENTENCES), timeout=speech.duration + 60
+        )
+        sizes.extend(len(f.audio) for f in source.pushed if isinstance(f, InputAudioRawFrame))
+
+    await run_pipeline([source, processor, sink], until_both_read)
+
+    assert_passed_through(source, sink)
+    assert isinstance(sink.frames[-1], EndFrame)
+    assert set(sizes) == {640}  # 20 ms of 16 kHz s16 mono each, as made
+    ours: list[MicroEmoFrame] = sink.of_type(MicroEmoFrame)  # type: ignore[assignment]
+    seqs = [f.seq for f in ours]
+    assert seqs == sorted(set(seqs)), seqs
+    assert {(f.call, f.participant) for f in ours} == {("pipecat-speech", "user")}
+    utterances = [f for f in ours if isinstance(f, MicroEmoUtteranceFrame) and f.final]
+    assert len(utterances) == len(SENTENCES), [u.text for u in utterances]
+    for utterance, sentence in zip(utterances, SENTENCES, strict=True):
+        assert word_error_rate(sentence, utterance.text) <= 0.4, (sentence, utterance.text)
+        emotions = [f for f in final_emotions(sink) if f.utterance == utterance.utterance]
+        assert emotions and all(e.model and e.labels for e in emotions), emotions
+        assert ours.index(emotions[0]) > ours.index(utterance)  # read after it was heard
+    for interim in (f for f in ours if isinstance(f, MicroEmoUtteranceFrame) and not f.final):
+        closing = next(u for u in utterances if u.utterance == interim.utterance)
+        assert interim.seq < closing.seq  # an update of an utterance still spoken comes before its close
+
+
+async def test_an_unreachable_server_leaves_the_pipeline_running(tmp_path: Path) -> None:
+    speech = compose(["Hello there."], lead_s=0.2, tail_s=0.3)
+    source, sink = SpeechSource(speech.samples), Collector()
+    address = f"http://127.0.0.1:{free_port()}"
+    processor = MicroEmoProcessor(address, host_addresses=["127.0.0.1"], max_audio_chunks=25)
+
+    async def until_a_few_seconds_passed() -> None:
+        await sink.wait_until(lambda s: len(s.of_type(InputAudioRawFrame)) >= 100, timeout=20)
+
+    await run_pipeline([source, processor, sink], until_a_few_seconds_passed)
+
+    assert_passed_through(source, sink)
+    assert isinstance(sink.frames[-1], EndFrame)  # ended as asked, not cancelled
+    errors = [f for f in source.upstream if isinstance(f, ErrorFrame)]
+    assert errors and all("MicroEmo" in e.error and not e.fatal for e in errors), errors
+    assert len(errors) <= 2  # one per outage (media, events), not one per retry
+    assert processor.dropped["user"] >= 75  # 100 chunks, room for 25: the oldest audio went, counted
+
+
+def test_the_context_note_is_one_system_message_with_the_latest_emotion() -> None:
+    context = LLMContext(messages=[{"role": "system", "content": "You are a kind nurse."}])
+    note = MicroEmoContextNote(context)
+
+    def emotion(label: str, score: float, valence: float) -> MicroEmoEmotionFrame:
+        event = {"call": "c", "participant": "user", "seq": 1, "final": True}
+        return MicroEmoEmotionFrame(
+            call="c", participant="user", seq=1, t0=0.0, t1=1.0, final=True, event=event, utterance="u1",
+            labels=[(label, score), ("calm", 0.05)], valence=valence, arousal=0.4, explanation="", model="heads/2",
+        )  # fmt: skip
+
+    note.write(emotion("frustrated", 0.71, -0.5))
+    context.add_message({"role": "user", "content": "Why is this taking so long?"})
+    note.write(emotion("relieved", 0.64, 0.6))
+
+    messages = context.messages
+    assert messages[0]["content"] == "You are a kind nurse."
+    assert messages[1]["role"] == "user"
+    notes = [m for m in messages if "sounds" in str(m.get("content"))]
+    assert notes == [messages[-1]] and messages[-1]["role"] == "system"
+    assert "relieved (0.64)" in messages[-1]["content"] and "calm" not in messages[-1]["content"]
+    assert "+0.60" in messages[-1]["content"] and "heads/2" in messages[-1]["content"]
