@@ -1,6 +1,6 @@
 """A real pipecat pipeline around a processor, for tests and benchmarks: a source that plays speech as a
 transport's input does (InputAudioRawFrame chunks of 20 ms at 16 kHz, in real time, then silence like an open
-microphone, with a TextFrame marker now and then), and a sink that records every frame and when it came."""
+microphone, with a TextFrame marker now and then, and camera images at 10 fps when given), and a sink that records every frame and when it came."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pipecat.frames.frames import (
     EndFrame,
     Frame,
     InputAudioRawFrame,
+    InputImageRawFrame,
     StartFrame,
     TextFrame,
 )
@@ -26,14 +27,17 @@ from tests.media import SPEECH_RATE
 
 CHUNK_S = 0.02
 MARKER_EVERY = 25  # chunks
+IMAGE_EVERY = 5  # chunks: 10 fps
 
 
 class SpeechSource(FrameProcessor):
-    """Plays `samples` (16 kHz float32) once in real time, then silence until the pipeline ends."""
+    """Plays `samples` (16 kHz float32) once in real time, then silence until the pipeline ends; with `image`
+    ((H, W, 3) uint8 RGB), a camera showing it."""
 
-    def __init__(self, samples: np.ndarray) -> None:
+    def __init__(self, samples: np.ndarray, image: np.ndarray | None = None) -> None:
         super().__init__()
         self._pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+        self._image = image
         self.pushed: list[Frame] = []  # every frame it made, in the order pushed
         self.started_at: float | None = None  # monotonic time the first chunk was pushed
         self.upstream: list[Frame] = []  # frames that came back up to it (errors)
@@ -65,6 +69,11 @@ class SpeechSource(FrameProcessor):
             frame = InputAudioRawFrame(audio=chunk.tobytes(), sample_rate=SPEECH_RATE, num_channels=1)
             self.pushed.append(frame)
             await self.push_frame(frame)
+            if self._image is not None and index % IMAGE_EVERY == 0:
+                height, width = self._image.shape[:2]
+                image = InputImageRawFrame(image=self._image.tobytes(), size=(width, height), format="RGB")
+                self.pushed.append(image)
+                await self.push_frame(image)
             index += 1
             if index % MARKER_EVERY == 0:
                 marker = TextFrame(text=f"marker {index}")

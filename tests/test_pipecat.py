@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pipecat.frames.frames import EndFrame, ErrorFrame, InputAudioRawFrame, TextFrame
+from pipecat.frames.frames import EndFrame, ErrorFrame, InputAudioRawFrame, InputImageRawFrame, TextFrame
+from pipecat.pipeline.capabilities import BotCapabilities
 from pipecat.processors.aggregators.llm_context import LLMContext
 
 from clients.pipecat import (
@@ -20,6 +21,7 @@ from tests.conftest import SENTENCES
 from tests.harness import ServerProcess, free_port
 from tests.media import Speech, compose, word_error_rate
 from tests.pipecat_rig import Collector, SpeechSource, run_pipeline
+from tests.synth import rest_frame
 
 
 def final_emotions(sink: Collector) -> list[MicroEmoEmotionFrame]:
@@ -29,10 +31,10 @@ def final_emotions(sink: Collector) -> list[MicroEmoEmotionFrame]:
 def assert_passed_through(source: SpeechSource, sink: Collector) -> None:
     """Every frame the source made reached the sink, the same object with the same bytes, in order (audio among
     audio, markers among markers: pipecat hands system frames such as audio on ahead of data frames)."""
-    for kind in (InputAudioRawFrame, TextFrame):
+    for kind in (InputAudioRawFrame, InputImageRawFrame, TextFrame):
         made = [f for f in source.pushed if type(f) is kind]
         arrived = [f for f in sink.frames if type(f) is kind]
-        assert len(made) > 2
+        assert len(made) > 2 or kind is InputImageRawFrame
         assert [id(f) for f in arrived] == [id(f) for f in made]
 
 
@@ -69,6 +71,24 @@ async def test_pipeline_frames_pass_and_the_reading_comes_back_in_order(
     for interim in (f for f in ours if isinstance(f, MicroEmoUtteranceFrame) and not f.final):
         closing = next(u for u in utterances if u.utterance == interim.utterance)
         assert interim.seq < closing.seq  # an update of an utterance still spoken comes before its close
+
+
+@pytest.mark.slow
+async def test_camera_frames_reach_the_server_when_the_pipeline_receives_video(server: ServerProcess) -> None:
+    speech = compose(["That is wonderful news, I love it."], lead_s=0.6, tail_s=1.0)
+    source, sink = SpeechSource(speech.samples, image=rest_frame()), Collector()
+    processor = MicroEmoProcessor(server.url, call="pipecat-camera", host_addresses=["127.0.0.1"])
+
+    async def until_read() -> None:
+        await sink.wait_until(lambda s: bool(final_emotions(s)), timeout=speech.duration + 60)
+
+    # video=None: the processor sends video because the worker says the bot receives the user's video
+    await run_pipeline([source, processor, sink], until_read, capabilities=BotCapabilities(video_in=True))
+
+    assert_passed_through(source, sink)
+    emotion = final_emotions(sink)[0]
+    assert emotion.event["clues"]["visual"] is not None, emotion.event["clues"]  # a face was seen
+    assert emotion.event["clues"]["audio"] is not None
 
 
 async def test_an_unreachable_server_leaves_the_pipeline_running(tmp_path: Path) -> None:
