@@ -17,6 +17,7 @@ from pipecat.frames.frames import (
     InputImageRawFrame,
     StartFrame,
     TextFrame,
+    UserAudioRawFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineWorker
@@ -32,12 +33,16 @@ IMAGE_EVERY = 5  # chunks: 10 fps
 
 class SpeechSource(FrameProcessor):
     """Plays `samples` (16 kHz float32) once in real time, then silence until the pipeline ends; with `image`
-    ((H, W, 3) uint8 RGB), a camera showing it."""
+    ((H, W, 3) uint8 RGB), a camera showing it; with `user_id`, as that user of a transport with several
+    (UserAudioRawFrame). Passes on the frames of sources before it."""
 
-    def __init__(self, samples: np.ndarray, image: np.ndarray | None = None) -> None:
+    def __init__(
+        self, samples: np.ndarray, image: np.ndarray | None = None, user_id: str | None = None
+    ) -> None:
         super().__init__()
         self._pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
         self._image = image
+        self._user_id = user_id
         self.pushed: list[Frame] = []  # every frame it made, in the order pushed
         self.started_at: float | None = None  # monotonic time the first chunk was pushed
         self.upstream: list[Frame] = []  # frames that came back up to it (errors)
@@ -66,7 +71,13 @@ class SpeechSource(FrameProcessor):
         while True:
             chunk = self._pcm[index * step : (index + 1) * step]
             chunk = np.pad(chunk, (0, step - len(chunk)))  # past the end: silence
-            frame = InputAudioRawFrame(audio=chunk.tobytes(), sample_rate=SPEECH_RATE, num_channels=1)
+            frame = (
+                InputAudioRawFrame(audio=chunk.tobytes(), sample_rate=SPEECH_RATE, num_channels=1)
+                if self._user_id is None
+                else UserAudioRawFrame(
+                    audio=chunk.tobytes(), sample_rate=SPEECH_RATE, num_channels=1, user_id=self._user_id
+                )
+            )
             self.pushed.append(frame)
             await self.push_frame(frame)
             if self._image is not None and index % IMAGE_EVERY == 0:

@@ -17,7 +17,7 @@ from clients.pipecat import (
     MicroEmoProcessor,
     MicroEmoUtteranceFrame,
 )
-from tests.conftest import SENTENCES
+from tests.conftest import SENTENCES, TEST_CONFIG
 from tests.harness import ServerProcess, free_port
 from tests.media import Speech, compose, word_error_rate
 from tests.pipecat_rig import Collector, SpeechSource, run_pipeline
@@ -32,10 +32,10 @@ def assert_passed_through(source: SpeechSource, sink: Collector) -> None:
     """Every frame the source made reached the sink, the same object with the same bytes, in order (audio among
     audio, markers among markers: pipecat hands system frames such as audio on ahead of data frames)."""
     for kind in (InputAudioRawFrame, InputImageRawFrame, TextFrame):
-        made = [f for f in source.pushed if type(f) is kind]
-        arrived = [f for f in sink.frames if type(f) is kind]
-        assert len(made) > 2 or kind is InputImageRawFrame
-        assert [id(f) for f in arrived] == [id(f) for f in made]
+        made = [id(f) for f in source.pushed if isinstance(f, kind)]
+        arrived = [id(f) for f in sink.frames if id(f) in set(made)]
+        assert made or kind is InputImageRawFrame
+        assert arrived == made
 
 
 @pytest.mark.slow
@@ -91,6 +91,72 @@ async def test_camera_frames_reach_the_server_when_the_pipeline_receives_video(s
     assert emotion.event["clues"]["audio"] is not None
 
 
+@pytest.mark.slow
+async def test_each_user_of_the_transport_is_a_participant_of_the_pipelines_call(
+    server: ServerProcess,
+) -> None:
+    said = {
+        "ann": "That is wonderful news, I love it.",
+        "bob": "Please send me the report before the meeting.",
+    }
+    ann = SpeechSource(compose([said["ann"]], lead_s=0.5, tail_s=0.5).samples, user_id="ann")
+    bob = SpeechSource(compose([said["bob"]], lead_s=3.5, tail_s=0.5).samples, user_id="bob")
+    sink = Collector()
+    processor = MicroEmoProcessor(server.url, call="pipecat-two", host_addresses=["127.0.0.1"])
+
+    async def until_both_read() -> None:
+        await sink.wait_until(lambda s: len(final_emotions(s)) >= 2, timeout=60)
+
+    await run_pipeline([ann, bob, processor, sink], until_both_read)
+
+    for source in (ann, bob):
+        assert_passed_through(source, sink)
+    utterances = [f for f in sink.of_type(MicroEmoUtteranceFrame) if f.final]  # type: ignore[attr-defined]
+    assert sorted(u.participant for u in utterances) == ["ann", "bob"], [
+        (u.participant, u.text) for u in utterances
+    ]
+    for utterance in utterances:
+        assert word_error_rate(said[utterance.participant], utterance.text) <= 0.4, utterance.text
+    assert {e.participant for e in final_emotions(sink)} == {"ann", "bob"}
+    assert {f.call for f in sink.of_type(MicroEmoFrame)} == {"pipecat-two"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+async def test_with_auth_on_a_token_opens_media_and_events_and_a_wrong_one_is_reported(
+    tmp_path: Path,
+) -> None:
+    token = "pipecat-bot-token-0001"
+    config = {**TEST_CONFIG, "auth": {"tokens": {token: ["publish", "subscribe:pipecat-auth"]}}}
+    server = ServerProcess(config, tmp_path)
+    try:
+        speech = compose(["That is wonderful news, I love it."], lead_s=0.5, tail_s=0.8)
+        refused, refused_sink = SpeechSource(speech.samples), Collector()
+        wrong = MicroEmoProcessor(
+            server.url, call="pipecat-auth", token="not-a-token", host_addresses=["127.0.0.1"]
+        )
+
+        async def until_refused() -> None:
+            await refused_sink.wait_until(lambda s: len(s.of_type(InputAudioRawFrame)) >= 50, timeout=20)
+
+        await run_pipeline([refused, wrong, refused_sink], until_refused)
+        source, sink = SpeechSource(speech.samples), Collector()
+        right = MicroEmoProcessor(server.url, call="pipecat-auth", token=token, host_addresses=["127.0.0.1"])
+
+        async def until_read() -> None:
+            await sink.wait_until(lambda s: bool(final_emotions(s)), timeout=60)
+
+        await run_pipeline([source, right, sink], until_read)
+    finally:
+        server.stop()
+
+    assert_passed_through(refused, refused_sink)
+    errors = [f.error for f in refused.upstream if isinstance(f, ErrorFrame)]
+    assert len(errors) == 2 and all("401" in e for e in errors), errors  # media and events, each said once
+    assert not refused_sink.of_type(MicroEmoFrame)
+    assert not [f for f in source.upstream if isinstance(f, ErrorFrame)]
+    assert final_emotions(sink)[0].model
+
+
 async def test_an_unreachable_server_leaves_the_pipeline_running(tmp_path: Path) -> None:
     speech = compose(["Hello there."], lead_s=0.2, tail_s=0.3)
     source, sink = SpeechSource(speech.samples), Collector()
@@ -115,7 +181,8 @@ def test_the_context_note_is_one_system_message_with_the_latest_emotion() -> Non
     note = MicroEmoContextNote(context)
 
     def emotion(label: str, score: float, valence: float) -> MicroEmoEmotionFrame:
-        event = {"call": "c", "participant": "user", "seq": 1, "final": True}
+        clues = {"audio": {"f0_median_hz": 180.0}, "text": {"transcript": "..."}, "visual": None}
+        event = {"call": "c", "participant": "user", "seq": 1, "final": True, "clues": clues}
         return MicroEmoEmotionFrame(
             call="c", participant="user", seq=1, t0=0.0, t1=1.0, final=True, event=event, utterance="u1",
             labels=[(label, score), ("calm", 0.05)], valence=valence, arousal=0.4, explanation="", model="heads/2",
@@ -132,3 +199,4 @@ def test_the_context_note_is_one_system_message_with_the_latest_emotion() -> Non
     assert notes == [messages[-1]] and messages[-1]["role"] == "system"
     assert "relieved (0.64)" in messages[-1]["content"] and "calm" not in messages[-1]["content"]
     assert "+0.60" in messages[-1]["content"] and "heads/2" in messages[-1]["content"]
+    assert "voice and words" in messages[-1]["content"] and "face" not in messages[-1]["content"]

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TYPES = ("utterance", "emotion", "reaction", "error")
 _NOT_AN_ID = re.compile(r"[^A-Za-z0-9_-]")
 
-EventSource = Callable[[str], AsyncIterator[dict[str, Any]]]  # url → events; read_events by default
+# (url, token) → the call's events, in seq order; read_events by default
+EventSource = Callable[[str, str | None], AsyncIterator[dict[str, Any]]]
 
 
 def participant_id(user_id: str) -> str:
@@ -86,7 +87,6 @@ class MicroEmoProcessor(FrameProcessor):
         self._event_source = event_source
         self._senders: dict[str, MediaSender] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._last_seq = -1
         self._started = False
         self._unreachable: set[str] = set()  # what is reported down (participants, "events"), said once
         if host_addresses is not None:
@@ -166,11 +166,11 @@ class MicroEmoProcessor(FrameProcessor):
             self._tasks.append(self.create_task(sender.run(), f"microemo-media-{participant}"))
 
     async def _follow_events(self) -> None:
-        url = events_url(self.server_url, self.call, self._types, self._token)
+        url = events_url(self.server_url, self.call, self._types)
         backoff = 1.0
         while True:
             try:
-                async for event in self._event_source(url):
+                async for event in self._event_source(url, self._token):
                     if backoff > 1.0 or "events" in self._unreachable:
                         log.info("MicroEmo: following the events of call %s", self.call)
                     self._unreachable.discard("events")
@@ -186,11 +186,11 @@ class MicroEmoProcessor(FrameProcessor):
             backoff = min(2 * backoff, 10.0)
 
     async def _push_event(self, event: dict[str, Any]) -> None:
-        seq = event["seq"]
-        if seq <= self._last_seq:
-            return  # seen before a reconnect
-        self._last_seq = seq
-        frame = frame_of_event(event)
+        try:
+            frame = frame_of_event(event)
+        except (KeyError, TypeError, ValueError) as exc:  # a server newer than this client, or a broken one
+            log.warning("MicroEmo: event #%s not understood (%r): %s", event.get("seq"), exc, event)
+            return
         if frame is None or (not self._interim and not frame.final):
             return
         if frame.event.get("type") == "error":
@@ -238,10 +238,16 @@ class MicroEmoContextNote(FrameProcessor):
 
 
 def note_text(emotion: MicroEmoEmotionFrame, min_score: float = 0.2) -> str:
-    """`The user sounds frustrated (0.71), annoyed (0.25); valence -0.50, arousal +0.40 (MicroEmo, heads/2).`"""
+    """`The user sounds frustrated (0.71), annoyed (0.25); valence -0.50, arousal +0.40 (read from their voice
+    and words by MicroEmo, heads/2).`"""
     labels = [(label, score) for label, score in emotion.labels if score >= min_score][:3]
     felt = ", ".join(f"{label} ({score:.2f})" for label, score in labels) or "calm, no clear emotion"
+    clues = emotion.event.get("clues") or {}
+    read = [
+        name for key, name in (("audio", "voice"), ("text", "words"), ("visual", "face")) if clues.get(key)
+    ]
+    source = f"read from their {' and '.join(read)} by MicroEmo" if read else "MicroEmo"
     return (
         f"The user sounds {felt}; valence {emotion.valence:+.2f}, arousal {emotion.arousal:+.2f} "
-        f"(read from their voice, words and face by MicroEmo, {emotion.model})."
+        f"({source}, {emotion.model})."
     )
