@@ -157,6 +157,34 @@ async def test_with_auth_on_a_token_opens_media_and_events_and_a_wrong_one_is_re
     assert final_emotions(sink)[0].model
 
 
+@pytest.mark.slow
+async def test_a_server_that_dies_mid_call_leaves_the_pipeline_running(
+    tmp_path: Path, speech: Speech
+) -> None:
+    server = ServerProcess(TEST_CONFIG, tmp_path)
+    source, sink = SpeechSource(speech.samples), Collector()
+    processor = MicroEmoProcessor(server.url, call="pipecat-dies", host_addresses=["127.0.0.1"])
+    audio_at_death: list[int] = []
+
+    async def until_it_died_and_time_went_on() -> None:
+        try:
+            await sink.wait_until(lambda s: bool(final_emotions(s)), timeout=60)
+        finally:
+            server.process.kill()  # no goodbye: the websocket and the WebRTC peer just stop answering
+            server.stop()
+        audio_at_death.append(len(sink.of_type(InputAudioRawFrame)))
+        await sink.wait_until(
+            lambda s: len(s.of_type(InputAudioRawFrame)) >= audio_at_death[0] + 150, timeout=20
+        )
+
+    await run_pipeline([source, processor, sink], until_it_died_and_time_went_on)
+
+    assert_passed_through(source, sink)  # 3 s of audio went on through it after the server died
+    assert isinstance(sink.frames[-1], EndFrame)
+    errors = [f.error for f in source.upstream if isinstance(f, ErrorFrame)]
+    assert any("events of call pipecat-dies" in e for e in errors), errors
+
+
 async def test_an_unreachable_server_leaves_the_pipeline_running(tmp_path: Path) -> None:
     speech = compose(["Hello there."], lead_s=0.2, tail_s=0.3)
     source, sink = SpeechSource(speech.samples), Collector()
