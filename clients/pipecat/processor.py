@@ -54,6 +54,8 @@ class MicroEmoProcessor(FrameProcessor):
     """Place it right after the transport's input. One call per pipeline (`call`, generated when not given),
     one participant per user: `participant` for frames without a user id.
 
+    token: one token with `publish` and `subscribe:<call>` (or `subscribe:*`) rights, when the server has auth on.
+    types: the event types asked for; those without a frame class (clients/pipecat/frames.py) are not forwarded.
     interim: also forward updates with `final: false` (the transcript so far of an utterance still spoken).
     video: send camera frames (None: when the pipeline's transports say they receive video).
     host_addresses: the only ICE host addresses to offer (e.g. ["127.0.0.1"] with a server on this machine;
