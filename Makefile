@@ -42,5 +42,8 @@ $(STAMP): pyproject.toml
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test]'
+	# the pipecat processor's tests (clients/pipecat): pipecat-ai pins protobuf<7, which this environment's
+	# protobuf 7 does not meet; its pipeline core needs only what the test extra lists (pyproject.toml)
+	$(PY) -m pip install -q --no-deps pipecat-ai==1.14.0
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --no-cache-dir 'llama-cpp-python[server]==0.3.36'
 	touch $(TEST_STAMP)
