@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -57,7 +57,8 @@ class MicroEmo:
 
     `types`: only these event types (their seqs then skip the others, by design). `since`: start with the held
     events after this seq (0: all the call's held history); None: from now on. `token`: a bearer token with the
-    right to subscribe (needed when auth is on)."""
+    right to subscribe (needed when auth is on). `on_drop`: awaited with the reason each time the connection is
+    lost, before the back-off (to tell a user; the client reconnects by itself)."""
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class MicroEmo:
         backoff_min_s: float = 0.1,
         backoff_max_s: float = 5.0,
         open_timeout_s: float = 10.0,
+        on_drop: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.call = call
@@ -77,6 +79,7 @@ class MicroEmo:
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.open_timeout_s = open_timeout_s
+        self.on_drop = on_drop
         self.last_seq = since  # the last seq received, or the one to resume after; None: not connected yet
         self.connections = 0  # websockets opened, the first included
         self.duplicates = 0  # call events received again and skipped (the server's replay should make none)
@@ -124,6 +127,8 @@ class MicroEmo:
                 why = f"HTTP {status}"
             except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
                 why = f"{type(exc).__name__}: {exc}"
+            if self.on_drop is not None:
+                await self.on_drop(why)
             pause = delay / 2 + random.uniform(0, delay / 2)  # jitter: clients cut together come back spread
             log.info(
                 "events of %s: %s; reconnecting in %.2f s after seq %s", self.call, why, pause, self.last_seq

@@ -16,10 +16,9 @@ import functools
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-import aiohttp
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
@@ -31,8 +30,9 @@ from pipecat.frames.frames import (
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.errors import ErrorCategory
+from websockets.exceptions import InvalidStatus
 
-from clients.pipecat.events import events_url, read_events
+from clients.microemo import MicroEmo
 from clients.pipecat.frames import MicroEmoEmotionFrame, frame_of_event
 from clients.pipecat.sender import MediaSender
 
@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TYPES = ("utterance", "emotion", "reaction", "error")
 _NOT_AN_ID = re.compile(r"[^A-Za-z0-9_-]")
-
-# (url, token) → the call's events, in seq order; read_events by default
-EventSource = Callable[[str, str | None], AsyncIterator[dict[str, Any]]]
 
 
 def participant_id(user_id: str) -> str:
@@ -74,7 +71,6 @@ class MicroEmoProcessor(FrameProcessor):
         video: bool | None = None,
         host_addresses: list[str] | None = None,
         max_audio_chunks: int = 100,
-        event_source: EventSource = read_events,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -86,7 +82,6 @@ class MicroEmoProcessor(FrameProcessor):
         self._interim = interim
         self._video = video
         self._max_audio_chunks = max_audio_chunks
-        self._event_source = event_source
         self._senders: dict[str, MediaSender] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
@@ -168,24 +163,38 @@ class MicroEmoProcessor(FrameProcessor):
             self._tasks.append(self.create_task(sender.run(), f"microemo-media-{participant}"))
 
     async def _follow_events(self) -> None:
-        url = events_url(self.server_url, self.call, self._types)
+        """The call's events, from its first (since=0: nothing said before the websocket opened is missed); a
+        dropped connection resumes where it stopped (clients/microemo.py), so a blip loses no event."""
+        base = self.server_url
+        client = MicroEmo(
+            "ws" + base[len("http") :] if base.startswith("http") else base,
+            self.call,
+            self._token,
+            self._types,
+            since=0,
+            on_drop=self._events_dropped,
+        )
         backoff = 1.0
         while True:
             try:
-                async for event in self._event_source(url, self._token):
-                    if backoff > 1.0 or "events" in self._unreachable:
+                async for event in client.events():
+                    if "events" in self._unreachable:
                         log.info("MicroEmo: following the events of call %s", self.call)
-                    self._unreachable.discard("events")
+                        self._unreachable.discard("events")
                     backoff = 1.0
-                    await self._push_event(event)
-                reason = "the server closed the events websocket"
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            await self._report_down(
-                "events", f"events of call {self.call} not coming from {self.server_url}: {reason}"
-            )
-            await asyncio.sleep(backoff)
-            backoff = min(2 * backoff, 10.0)
+                    if event.seq is not None:  # call events (replies such as pong are for this client alone)
+                        await self._push_event(event.data)
+                    elif event.gap:
+                        log.warning("MicroEmo: events of call %s lost: %s", self.call, event.data["message"])
+            except InvalidStatus as exc:  # refused (a wrong token, a bad call id): said once, tried again
+                await self._events_dropped(f"HTTP {exc.response.status_code}")
+                await asyncio.sleep(backoff)
+                backoff = min(2 * backoff, 10.0)
+
+    async def _events_dropped(self, reason: str) -> None:
+        await self._report_down(
+            "events", f"events of call {self.call} not coming from {self.server_url}: {reason}"
+        )
 
     async def _push_event(self, event: dict[str, Any]) -> None:
         try:
