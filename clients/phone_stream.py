@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -113,9 +113,11 @@ async def stream_call(
     parameters: dict[str, str] | None = None,
     token: str | None = None,
     speed: float = 1.0,
+    on_media: Callable[[float], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Stream `tracks` ({"inbound": chunks, "outbound": chunks}) paced at `speed` × real time, then `stop`;
-    returns what the server sent (an error, if it refused the stream)."""
+    returns what the server sent (an error, if it refused the stream). `on_media` is told the monotonic time
+    the first media went out (each chunk then goes at that time + its timestamp)."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
     messages = TwilioMessages(list(tracks), parameters or {})
     async with connect(url, additional_headers=headers) as ws:
@@ -125,6 +127,8 @@ async def stream_call(
             await ws.send(messages.connected())
             await ws.send(messages.start())
             began = time.monotonic()
+            if on_media is not None:
+                on_media(began)
             for at, track, index, payload in interleave(tracks):
                 delay = began + at / speed - time.monotonic()
                 if delay > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -11,8 +12,8 @@ import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clients.phone_stream import TwilioMessages, encode_mulaw, stream_call
 from stream.serve.media_stream import (
@@ -25,6 +26,7 @@ from stream.serve.media_stream import (
     decode_mulaw,
     parse_message,
 )
+from tests.conftest import TEST_CONFIG
 from tests.harness import EventLog, ServerProcess, assert_call_events_valid, events_url
 from tests.media import SPEECH_RATE, Speech, word_error_rate
 
@@ -197,6 +199,10 @@ async def test_a_malformed_message_closes_only_its_own_stream(server: ServerProc
             replies, close_code = await send_raw(media_url(server, "call-bad"), messages)
             assert [(r["event"], r["error"]["code"]) for r in replies] == [("error", code)], replies
             assert close_code == 1008
+        # 200 s of audio in one message: over phone.max_message_bytes, the socket is closed at once
+        huge = twilio.media("inbound", 0, b"\xff" * 1_600_000)
+        replies, close_code = await send_raw(media_url(server, "call-bad"), [twilio.start(), huge])
+        assert replies == [] and close_code == 1009
         await bad_events.wait_for("participant.leave", "mallory")
         assert await good == []
         await good_events.wait_for("participant.leave", "caller", timeout=40)
@@ -206,3 +212,82 @@ async def test_a_malformed_message_closes_only_its_own_stream(server: ServerProc
     assert len(utterances) == len(speech.sentences), [u["text"] for u in utterances]
     for utterance, sentence in zip(utterances, speech.sentences, strict=True):
         assert word_error_rate(sentence, utterance["text"]) <= 0.35, utterance["text"]
+
+
+PUBLISHER, READER = "phone-publisher-0001", "phone-reader-000001"
+
+
+@pytest.fixture(scope="module")
+def phone_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A node that takes tokens and at most three participants."""
+    config = {
+        **TEST_CONFIG,
+        "auth": {
+            "tokens": {PUBLISHER: ["publish"], READER: ["subscribe:*"], "phone-admin-000001": ["admin"]}
+        },
+        "server": {"max_participants": 3},
+        "video": {"enabled": False},
+    }
+    process = ServerProcess(config, tmp_path_factory.mktemp("phone-node"))
+    yield process
+    process.stop()
+
+
+async def hold_stream(
+    url: str, tracks: list[str], parameters: dict[str, str], token: str | None = PUBLISHER
+) -> tuple[ClientConnection, dict[str, Any] | None]:
+    """A stream that has started and stays open (no media yet); the server's first answer, if any, in 2 s."""
+    ws = await connect(url, additional_headers={"Authorization": f"Bearer {token}"} if token else None)
+    twilio = TwilioMessages(tracks, parameters)
+    await ws.send(twilio.connected())
+    await ws.send(twilio.start())
+    try:
+        async with asyncio.timeout(2):
+            return ws, json.loads(await ws.recv())
+    except TimeoutError:
+        return ws, None
+
+
+@pytest.mark.slow
+async def test_a_phone_stream_needs_a_publish_token_at_the_handshake_or_in_start(
+    phone_node: ServerProcess,
+) -> None:
+    url = media_url(phone_node, "call-auth")
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, additional_headers={"Authorization": f"Bearer {READER}"})
+    assert refused.value.response.status_code == 403
+    ws, answer = await hold_stream(url, ["inbound"], {}, token=None)
+    assert answer is not None and answer["error"]["code"] == "unauthorized"
+    with pytest.raises(ConnectionClosed):
+        await ws.recv()
+    assert ws.close_code == 1008
+    async with EventLog(events_url(phone_node, "call-auth", token=READER)) as events:
+        ws, answer = await hold_stream(
+            url, ["inbound"], {"token": PUBLISHER, "participant": "ann"}, token=None
+        )
+        assert answer is None
+        await events.wait_for("participant.join", "ann", timeout=10)
+        await ws.close()
+        await events.wait_for("participant.leave", "ann", timeout=10)
+
+
+@pytest.mark.slow
+async def test_a_taken_participant_id_and_a_full_node_refuse_the_stream(phone_node: ServerProcess) -> None:
+    call = media_url(phone_node, "call-full")
+    both, answer = await hold_stream(call, ["inbound", "outbound"], {})  # caller and callee: 2 places
+    assert answer is None
+    taken, answer = await hold_stream(call, ["inbound"], {})  # "caller" again
+    assert answer is not None and answer["error"]["code"] == "participant_exists"
+    too_many, answer = await hold_stream(media_url(phone_node, "call-other"), ["inbound", "outbound"], {})
+    assert answer is not None and answer["error"]["code"] == "full"
+    with pytest.raises(ConnectionClosed):
+        await too_many.recv()
+    assert too_many.close_code == 1013  # try again later
+    third, answer = await hold_stream(call, ["inbound"], {"participant": "dan"})
+    assert answer is None
+    with pytest.raises(InvalidStatus) as refused:  # every place is taken: refused before the upgrade
+        await connect(call, additional_headers={"Authorization": f"Bearer {PUBLISHER}"})
+    assert refused.value.response.status_code == 503
+    assert refused.value.response.headers["Retry-After"]
+    for ws in (both, taken, third):
+        await ws.close()

@@ -335,6 +335,8 @@ class PhoneStream:
             async for message in self._ws:
                 if message.type == WSMsgType.BINARY:
                     raise StreamError("bad_message", "send JSON text messages, not binary ones")
+                if message.type == WSMsgType.ERROR:  # aiohttp has closed the socket (1009: a message too big)
+                    raise StreamError("bad_message", f"websocket error: {self._ws.exception()}")
                 if message.type != WSMsgType.TEXT:
                     continue
                 if self._handle(parse_message(message.data)):
