@@ -84,6 +84,8 @@ def test_twilio_messages_parse_into_start_and_media() -> None:
         ('{"event": "media", "media": {"track": "inbound", "chunk": "1", "timestamp": "0", "payload": "@@"}}',
          "bad_payload"),
         ('{"event": "media", "media": {"track": "inbound", "timestamp": "0", "payload": ""}}', "bad_message"),
+        ('{"event": "media", "media": {"track": "inbound", "chunk": "\u00b2", "timestamp": "0", "payload": ""}}',
+         "bad_message"),
         ('{"event": "start", "start": {"tracks": ["inbound"], "mediaFormat": '
          '{"encoding": "audio/x-l16", "sampleRate": 16000, "channels": 1}}}', "bad_media_format"),
         ('{"event": "start", "start": {"tracks": ["sideways"], "mediaFormat": '

@@ -179,7 +179,7 @@ def _object(message: dict[str, Any], key: str) -> dict[str, Any]:
 def _count(media: dict[str, Any], key: str) -> int:
     """A non-negative integer that Twilio sends as a string ("20")."""
     value = media.get(key)
-    if isinstance(value, str) and value.isdigit() and len(value) <= 15:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 15:
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
@@ -191,7 +191,8 @@ def _count(media: dict[str, Any], key: str) -> int:
 class Reorder:
     """Chunks by their number → the same chunks in order. A chunk that comes early waits until the ones
     before it come, for at most `window` chunks held; then the missing ones are given up (`lost`). A chunk that
-    comes after its place has passed, or twice, is dropped (`late`)."""
+    comes after its place has passed, or twice, is dropped (`late`); so is one older than the first chunk seen,
+    which starts the count."""
 
     window: int
     next: int | None = None  # the chunk number due next
