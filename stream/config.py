@@ -78,6 +78,13 @@ class WebRTCSettings(Section):
         return value
 
 
+class PhoneSettings(Section):
+    """The phone-line ingest (GET /media/{call}, Twilio Media Streams over a websocket)."""
+
+    reorder_chunks: int = Field(3, ge=0, le=50)  # chunks held while waiting for one that came out of order
+    max_message_bytes: int = Field(65_536, ge=1024)  # a bigger websocket message closes the stream
+
+
 class AudioSettings(Section):
     vad: VadSettings = VadSettings()
     asr: AsrSettings = AsrSettings()
@@ -187,6 +194,7 @@ class LoggingSettings(Section):
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     webrtc: WebRTCSettings = WebRTCSettings()
+    phone: PhoneSettings = PhoneSettings()
     audio: AudioSettings = AudioSettings()
     video: VideoSettings = VideoSettings()
     emotion: EmotionSettings = EmotionSettings()

@@ -88,6 +88,19 @@ MEDIA_STALLS = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+PHONE_CHUNKS = Counter(
+    "microemo_phone_chunks_total",
+    "Phone media chunks not analysed in place: late (came after their place had passed, or twice, and were "
+    "dropped) or lost (never came; their time is silence)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+PHONE_STREAM_ERRORS = Counter(
+    "microemo_phone_stream_errors_total",
+    "Phone media websockets closed on a bad message or a refusal, by error code",
+    ["code"],
+    registry=REGISTRY,
+)
 REACTIONS = Counter(
     "microemo_reactions_total",
     "Listeners' reactions published (one per listener per utterance)",

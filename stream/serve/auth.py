@@ -25,9 +25,12 @@ class Authorizer:
 
     def rights(self, request: web.Request) -> frozenset[str]:
         """The rights of the request's token (Authorization: Bearer, or ?token= for browser websockets)."""
+        return self.token_rights(bearer_token(request))
+
+    def token_rights(self, token: str | None) -> frozenset[str]:
+        """The rights of a token however it came (a phone stream's comes in its first message)."""
         if not self.enabled:
             return frozenset({"admin"})
-        token = bearer_token(request)
         if token is None:
             raise ApiError(401, "unauthorized", "a token is required", {"WWW-Authenticate": "Bearer"})
         for known, rights in self._tokens.items():
@@ -38,8 +41,10 @@ class Authorizer:
         )
 
     def require_publish(self, request: web.Request) -> None:
-        rights = self.rights(request)
-        if not rights & {"publish", "admin"}:
+        self.require_publish_token(bearer_token(request))
+
+    def require_publish_token(self, token: str | None) -> None:
+        if not self.token_rights(token) & {"publish", "admin"}:
             raise ApiError(403, "forbidden", "this token may not publish media")
 
     def require_subscribe(self, request: web.Request, call: str | None) -> None:

@@ -10,6 +10,7 @@ import socket
 import time
 import uuid
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,9 @@ from stream.publish.hub import Hub, Subscriber
 from stream.publish.mqtt import MqttBridge
 from stream.serve import patches
 from stream.serve.admission import Admission
-from stream.serve.auth import Authorizer
+from stream.serve.auth import Authorizer, bearer_token
 from stream.serve.errors import ApiError
+from stream.serve.media_stream import PhoneStream, PhoneTrack
 from stream.serve.offers import OfferLimits
 from stream.serve.webrtc import rtc_configuration
 from stream.session import ParticipantSession, PipelineParts, build_session
@@ -215,6 +217,61 @@ async def whip_patch(request: web.Request) -> web.Response:
     )
 
 
+# -- ingest: phone lines (Twilio Media Streams over a websocket) ----------------------------------
+async def phone_media(request: web.Request) -> web.StreamResponse:
+    """GET /media/{call}: a websocket of one phone call's legs (stream/serve/media_stream.py). The token comes
+    at the handshake as for WHIP, or in the `start` message's customParameters (Twilio sends no headers)."""
+    services = request.app[SERVICES]
+    call = valid_id(request.match_info["call"], "call")
+    authorized = not services.auth.enabled or bearer_token(request) is not None
+    if authorized:
+        services.auth.require_publish(request)
+    services.admission.admit(services.participant_count)
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=services.settings.phone.max_message_bytes)
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, "websocket_required", "GET /media/{call} is a websocket endpoint")
+    await ws.prepare(request)
+    services.websockets[ws] = request.transport
+    try:
+        await PhoneStream(
+            ws,
+            call,
+            lambda legs: open_phone_legs(services, call, legs),
+            reorder_window=services.settings.phone.reorder_chunks,
+            authorized=authorized,
+            check_token=services.auth.require_publish_token,
+        ).run()
+    finally:
+        services.websockets.pop(ws, None)
+    return ws
+
+
+def open_phone_legs(
+    services: Services, call: str, legs: Sequence[tuple[PhoneTrack, str]]
+) -> list[ParticipantSession]:
+    """A participant per leg of a phone stream, audio only, or ApiError (full, draining, an id taken). No await:
+    admission and ids are decided and the sessions registered at once, as an offer's are before its first."""
+    services.admission.admit(services.participant_count + len(legs) - 1)
+    for _, participant in legs:
+        if services.find(call, participant) is not None or (call, participant) in services.reserved.values():
+            raise ApiError(
+                409, "participant_exists", f"participant '{participant}' is already in call '{call}'"
+            )
+    parts = pipeline_parts(services, services.settings.video.model_copy(update={"enabled": False}))
+    sessions = []
+    for track, participant in legs:
+        session_id = uuid.uuid4().hex[:16]
+        session = build_session(
+            parts, call=call, participant=participant, session_id=session_id, on_closed=services.forget
+        )
+        session.add_track(track)
+        services.sessions[session_id] = session
+        session.connected()
+        sessions.append(session)
+    services.count()
+    return sessions
+
+
 # -- sessions ------------------------------------------------------------------------------------
 # What aiortc raises for an offer it cannot parse or use (its SDP parser, its checks of the description).
 OFFER_ERRORS = (ValueError, LookupError, InvalidAccessError, InvalidStateError)
@@ -285,23 +342,26 @@ async def open_session(
     return session, pc.localDescription
 
 
-def new_session(
-    services: Services, call: str, participant: str, session_id: str, pc: RTCPeerConnection
-) -> ParticipantSession:
-    """A ParticipantSession wired to its peer connection's tracks and states."""
-    settings = services.settings
-    parts = PipelineParts(
+def pipeline_parts(services: Services, video: VideoSettings) -> PipelineParts:
+    return PipelineParts(
         services.hub,
         services.vad_model,
         services.asr,
-        settings.audio,
-        settings.video,
+        services.settings.audio,
+        video,
         services.emotion,
         services.listeners,
         services.shedder,
         services.face_processes,
         services.cutoff,
     )
+
+
+def new_session(
+    services: Services, call: str, participant: str, session_id: str, pc: RTCPeerConnection
+) -> ParticipantSession:
+    """A ParticipantSession wired to its peer connection's tracks and states."""
+    parts = pipeline_parts(services, services.settings.video)
     session = build_session(
         parts, call=call, participant=participant, session_id=session_id, pc=pc, on_closed=services.forget
     )
@@ -673,6 +733,7 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
     app.router.add_post("/whip/{call}", whip_offer)
     app.router.add_delete("/whip/{call}/{session}", whip_delete)
     app.router.add_patch("/whip/{call}/{session}", whip_patch)
+    app.router.add_get("/media/{call}", phone_media)
     app.router.add_get("/events", events)
     app.router.add_get("/schema/events.json", event_schema)
     app.router.add_get("/healthz", healthz)
