@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine: `make serve` and `make test`. Both install what they need first.
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := espeak-ng mosquitto chromium fonts-dejavu-core haproxy
+APT_PACKAGES := espeak-ng mosquitto chromium fonts-dejavu-core haproxy pocketsphinx-testdata
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
