@@ -60,6 +60,25 @@ def decode_mono(path: Path, rate: int = SPEECH_RATE) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
+# Real recorded speech that CI has: LibriVox readers of "Sense and Sensibility" (a public-domain recording), in
+# Debian's pocketsphinx-testdata (BSD-2; `make test` installs it), with the reference transcripts.
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+READINGS = ("sense_and_sensibility_01_austen_64kb-0880", "sense_and_sensibility_01_austen_64kb-0930")
+
+
+def librivox_reading(pause_s: float = 1.5) -> tuple[np.ndarray, str]:
+    """Two real read utterances, `pause_s` of silence after each ((n,) float32 at SPEECH_RATE), and what is said."""
+    transcription = LIBRIVOX / "transcription"
+    assert transcription.is_file(), "real speech for this test: apt-get install pocketsphinx-testdata"
+    said = {}
+    for line in transcription.read_text().splitlines():
+        text, _, name = line.rpartition("(")
+        said[name.strip(" )")] = text.replace("<s>", "").replace("</s>", "").strip()
+    pause = np.zeros(round(pause_s * SPEECH_RATE), np.float32)
+    parts = [part for name in READINGS for part in (decode_mono(LIBRIVOX / f"{name}.wav"), pause)]
+    return np.concatenate(parts), " ".join(said[name] for name in READINGS)
+
+
 def trim_silence(samples: np.ndarray, frame: int = 160, floor_db: float = -45.0) -> np.ndarray:
     n = len(samples) // frame
     rms = np.sqrt(np.mean(samples[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)

@@ -30,7 +30,7 @@ from stream.serve.media_stream import (
 )
 from tests.conftest import TEST_CONFIG
 from tests.harness import EventLog, ServerProcess, assert_call_events_valid, events_url
-from tests.media import SPEECH_RATE, Speech, decode_mono, word_error_rate
+from tests.media import SPEECH_RATE, Speech, librivox_reading, word_error_rate
 
 
 def pcm_8k(speech: Speech) -> np.ndarray:
@@ -190,33 +190,12 @@ async def test_both_tracks_of_a_phone_call_are_two_participants_of_one_call(
     assert not events.of_type("face")  # no video on a phone line
 
 
-# Real recorded speech that CI has: LibriVox readers of "Sense and Sensibility" (a public-domain recording), in
-# Debian's pocketsphinx-testdata (BSD-2; `make test` installs it), with the reference transcripts.
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
-READINGS = ("sense_and_sensibility_01_austen_64kb-0880", "sense_and_sensibility_01_austen_64kb-0930")
-
-
-def librivox_reading(tmp_path: Path) -> tuple[Path, str]:
-    """Two real read utterances, 1.5 s of silence after each, as one wav; and what is said in it."""
-    transcription = LIBRIVOX / "transcription"
-    assert transcription.is_file(), "real speech for this test: apt-get install pocketsphinx-testdata"
-    said = {}
-    for line in transcription.read_text().splitlines():
-        text, _, name = line.rpartition("(")
-        said[name.strip(" )")] = text.replace("<s>", "").replace("</s>", "").strip()
-    pause = np.zeros(round(1.5 * SPEECH_RATE), np.float32)
-    samples = np.concatenate(
-        [part for name in READINGS for part in (decode_mono(LIBRIVOX / f"{name}.wav"), pause)]
-    )
-    path = Speech(samples, (), ()).write_wav(tmp_path / "reading.wav")
-    return path, " ".join(said[name] for name in READINGS)
-
-
 @pytest.mark.slow
 async def test_real_recorded_speech_over_a_phone_line_is_transcribed(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    wav, reference = librivox_reading(tmp_path)
+    samples, reference = librivox_reading()
+    wav = Speech(samples, (), ()).write_wav(tmp_path / "reading.wav")
     async with EventLog(events_url(server, "call-reading")) as events:
         replies = await stream_call(media_url(server, "call-reading"), {"inbound": mulaw_chunks(wav)})
         await events.wait_for("participant.leave", timeout=40)

@@ -19,7 +19,7 @@ from clients.pipecat import (
 )
 from tests.conftest import SENTENCES, TEST_CONFIG
 from tests.harness import ServerProcess, free_port
-from tests.media import Speech, compose, word_error_rate
+from tests.media import Speech, compose, librivox_reading, word_error_rate
 from tests.pipecat_rig import Collector, SpeechSource, run_pipeline
 from tests.synth import rest_frame
 
@@ -71,6 +71,24 @@ async def test_pipeline_frames_pass_and_the_reading_comes_back_in_order(
     for interim in (f for f in ours if isinstance(f, MicroEmoUtteranceFrame) and not f.final):
         closing = next(u for u in utterances if u.utterance == interim.utterance)
         assert interim.seq < closing.seq  # an update of an utterance still spoken comes before its close
+
+
+@pytest.mark.slow
+async def test_real_recorded_speech_comes_back_as_its_words_and_a_reading(server: ServerProcess) -> None:
+    samples, reference = librivox_reading()
+    source, sink = SpeechSource(samples), Collector()
+    processor = MicroEmoProcessor(server.url, call="pipecat-reading", host_addresses=["127.0.0.1"])
+
+    async def until_read() -> None:
+        await sink.wait_until(lambda s: len(final_emotions(s)) >= 2, timeout=60)
+
+    await run_pipeline([source, processor, sink], until_read)
+
+    assert_passed_through(source, sink)
+    heard = [f for f in sink.of_type(MicroEmoUtteranceFrame) if f.final]  # type: ignore[misc]
+    text = " ".join(u.text for u in heard)
+    assert word_error_rate(reference, text) <= 0.3, text
+    assert all(e.model and e.labels for e in final_emotions(sink))
 
 
 @pytest.mark.slow
