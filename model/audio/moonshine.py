@@ -1,9 +1,10 @@
 """Speech (16 kHz float32) → text alone, at a cost that grows with the audio: Moonshine tiny (English), for the
 interim transcripts of speech still going on (Whisper, model/audio/whisper.py, still makes the final ones).
 
-The model files ship in the `moonshine-voice` wheel (MIT, tiny-en .ort; installed --no-deps, never imported: it
-loads its own native library) and the tokenizer and greedy decoding loop in `useful-moonshine-onnx` (MIT), run on
-this environment's onnxruntime with one thread. Moonshine's encoder takes the audio at its own length (no 30 s
+The model files ship in the `moonshine-voice` wheel (MIT, tiny-en .ort; it would load its own native runtime) and
+the tokenizer in `useful-moonshine-onnx` (MIT; it declares librosa and numba); both are installed --no-deps and
+never imported. The greedy decoding loop is the one in useful-moonshine-onnx's model.py, here on this
+environment's onnxruntime with the threads we choose. Moonshine's encoder takes the audio at its own length (no 30 s
 window), about 19 ms of CPU per second of audio here, against ~0.55 s for any Whisper tiny.en pass.
 """
 
@@ -13,7 +14,7 @@ import importlib.util
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -21,67 +22,86 @@ from model.audio.vad import SAMPLE_RATE
 from model.audio.whisper import AsrModelMissing, Transcriber, Transcript
 from model.settings import AsrSettings
 
-if TYPE_CHECKING:
-    from moonshine_onnx.model import MoonshineOnnxModel
-
-# tiny: 6 decoder layers, 8 KV heads of 36 (moonshine_onnx.model); speech runs at 3-4 tokens a second
+# decoding stops at this many tokens: speech runs at 3-4 a second; a loop on a word cut in half stops here
 TOKENS_PER_S = 6
 MIN_TOKENS = 8
 
 
-def model_dir() -> Path:
-    """moonshine-voice's tiny-en folder, found without importing the package."""
-    spec = importlib.util.find_spec("moonshine_voice")
+def package_dir(package: str, distribution: str) -> Path:
+    """Where an installed package's files are, found without importing it."""
+    spec = importlib.util.find_spec(package)
     locations = None if spec is None else spec.submodule_search_locations
     if not locations:
         raise AsrModelMissing(
-            "audio.asr.interim_backend moonshine: the moonshine-voice package (==0.1.0, which ships tiny-en) "
-            "is not installed; install it with pip --no-deps (Makefile)"
+            f"audio.asr.interim_backend moonshine: {distribution} is not installed; install it with "
+            f"`pip install --no-deps {distribution}` (Makefile)"
         )
-    folder = Path(locations[0]) / "assets" / "tiny-en"
+    return Path(locations[0])
+
+
+def model_files() -> tuple[Path, Path]:
+    """(tiny-en model folder, tokenizer.json)."""
+    folder = package_dir("moonshine_voice", "moonshine-voice==0.1.0") / "assets" / "tiny-en"
     if not (folder / "encoder_model.ort").is_file() or not (folder / "decoder_model_merged.ort").is_file():
         raise AsrModelMissing(
             f"audio.asr.interim_backend moonshine: no tiny-en model in {folder} (need ==0.1.0)"
         )
-    return folder
+    tokenizer = package_dir("moonshine_onnx", "useful-moonshine-onnx==20251121") / "assets" / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise AsrModelMissing(f"audio.asr.interim_backend moonshine: no tokenizer at {tokenizer}")
+    return folder, tokenizer
 
 
-class _CountedSession:
-    """An onnxruntime session that notes, per thread, how many frames its last output had (the work done)."""
+class _Tiny:
+    """Moonshine tiny's encoder and merged decoder (with its KV cache) on onnxruntime: greedy decoding, as
+    useful-moonshine-onnx's MoonshineOnnxModel.generate does it (its constructor would pick every core)."""
 
-    def __init__(self, session: Any, seen: threading.local) -> None:
-        self._session, self._seen = session, seen
+    LAYERS, KV_HEADS, HEAD_DIM = 6, 8, 36
+    START, END = 1, 2  # token ids
 
-    def get_inputs(self) -> Any:
-        return self._session.get_inputs()
+    def __init__(self, folder: Path, threads: int) -> None:
+        import onnxruntime
 
-    def run(self, names: Any, feeds: dict[str, Any]) -> list[np.ndarray]:
-        outputs: list[np.ndarray] = self._session.run(names, feeds)
-        self._seen.frames = outputs[0].shape[1]
-        return outputs
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.encoder = onnxruntime.InferenceSession(str(folder / "encoder_model.ort"), options)
+        self.decoder = onnxruntime.InferenceSession(str(folder / "decoder_model_merged.ort"), options)
+        self._encoder_inputs = {x.name for x in self.encoder.get_inputs()}
+        self._decoder_inputs = {x.name for x in self.decoder.get_inputs()}
 
-
-def _load_model(folder: Path, threads: int, seen: threading.local) -> MoonshineOnnxModel:
-    import onnxruntime
-    from moonshine_onnx.model import MoonshineOnnxModel
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-
-    class Tiny(MoonshineOnnxModel):  # type: ignore[misc]
-        """The library's decoding loop on our own sessions (its constructor picks every core)."""
-
-        def __init__(self) -> None:
-            encoder = onnxruntime.InferenceSession(str(folder / "encoder_model.ort"), options)
-            self.encoder = _CountedSession(encoder, seen)
-            self.decoder = onnxruntime.InferenceSession(str(folder / "decoder_model_merged.ort"), options)
-            self.encoder_input_names = [x.name for x in self.encoder.get_inputs()]
-            self.decoder_input_names = [x.name for x in self.decoder.get_inputs()]
-            self.num_layers, self.num_key_value_heads, self.head_dim = 6, 8, 36
-            self.decoder_start_token_id, self.eos_token_id = 1, 2
-
-    return Tiny()
+    def generate(self, audio: np.ndarray, max_tokens: int) -> tuple[list[int], int]:
+        """audio: (1, n) float32 → (token ids, encoder frames)."""
+        mask = np.ones_like(audio, dtype=np.int64)
+        inputs: dict[str, np.ndarray] = {"input_values": audio}
+        if "attention_mask" in self._encoder_inputs:
+            inputs["attention_mask"] = mask
+        states = self.encoder.run(None, inputs)[0]
+        cache: dict[str, np.ndarray] = {
+            f"past_key_values.{i}.{part}.{kv}": np.zeros((0, self.KV_HEADS, 1, self.HEAD_DIM), np.float32)
+            for i in range(self.LAYERS)
+            for part in ("decoder", "encoder")
+            for kv in ("key", "value")
+        }
+        tokens = [self.START]
+        for step in range(max_tokens):
+            feeds: dict[str, Any] = {
+                "input_ids": np.array([tokens[-1:] if step else tokens], np.int64),
+                "encoder_hidden_states": states,
+                "use_cache_branch": np.array([step > 0]),
+                **cache,
+            }
+            if "encoder_attention_mask" in self._decoder_inputs:
+                feeds["encoder_attention_mask"] = mask
+            logits, *present = self.decoder.run(None, feeds)
+            token = int(logits[0, -1].argmax())
+            tokens.append(token)
+            if token == self.END:
+                break
+            for name, value in zip(cache, present, strict=True):
+                if step == 0 or ".decoder." in name:  # the encoder's keys and values are computed once
+                    cache[name] = value
+        return tokens, int(states.shape[1])
 
 
 class MoonshineTranscriber:
@@ -90,23 +110,23 @@ class MoonshineTranscriber:
     name = "moonshine:tiny-en"
 
     def __init__(self, threads: int = 1) -> None:
-        import moonshine_onnx
         import tokenizers
 
-        self._seen = threading.local()
-        self._model = _load_model(model_dir(), threads, self._seen)
-        self._tokenizer = tokenizers.Tokenizer.from_file(str(moonshine_onnx.ASSETS_DIR / "tokenizer.json"))
+        folder, tokenizer = model_files()
+        self._seen = threading.local()  # the last transcription's work, per worker thread
+        self._model = _Tiny(folder, threads)
+        self._tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer))
 
     def transcribe(self, pcm: np.ndarray, t_offset: float, words: bool = True) -> Transcript:
         """Word times are not known: `words` is ignored and Transcript.words is always empty."""
         started = time.perf_counter()
-        text = ""
+        text, self._seen.frames, self._seen.tokens = "", 0, 0
         if len(pcm) >= SAMPLE_RATE // 10:  # the encoder's convolutions need some audio
             audio = np.ascontiguousarray(pcm, np.float32)[None, :]
             max_len = MIN_TOKENS + round(TOKENS_PER_S * len(pcm) / SAMPLE_RATE)
-            tokens = self._model.generate(audio, max_len=max_len)
-            self._seen.tokens = len(tokens[0])
-            text = self._tokenizer.decode_batch(tokens, skip_special_tokens=True)[0].strip()
+            tokens, self._seen.frames = self._model.generate(audio, max_len)
+            self._seen.tokens = len(tokens)
+            text = self._tokenizer.decode(tokens, skip_special_tokens=True).strip()
         return Transcript(text=text, words=(), lang="en", seconds=time.perf_counter() - started)
 
     def last_work(self) -> tuple[int, int]:
