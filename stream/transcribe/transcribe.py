@@ -41,7 +41,8 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
     its own worker: every interim is asked for, and one still waiting when this speaker's next comes is
     replaced by it (skipped, counted). Without one, it runs only when the ASR is idle, and is skipped (counted)
     when the ASR is busy. One whose utterance has closed meanwhile is dropped (cancelled if not yet started).
-    While `shedder` sheds work (speech runs late), none is started (counted as shed).
+    While `shedder` sheds work (speech runs late), none is started (counted as shed); on their own worker, only
+    once face frames are shed to their floor.
     """
 
     def __init__(
@@ -105,7 +106,10 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
         if busy or (not separate and self._interim is not None and not self._interim.done()):
             metrics.INTERIM_SKIPPED.labels("utterance").inc()
             return
-        if self._shedder is not None and not self._shedder.interim_allowed:
+        shedder = self._shedder
+        if shedder is not None and not (
+            shedder.cheap_interim_allowed if separate else shedder.interim_allowed
+        ):
             metrics.SHED.labels("interim").inc()
             return
         self._interim = asyncio.create_task(self._transcribe_interim(utterance))
