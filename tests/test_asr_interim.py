@@ -15,6 +15,7 @@ from model.audio.whisper import Transcript
 from stream import metrics
 from stream.config import AsrSettings, VadSettings
 from stream.frames import EndOfStream
+from stream.overload import Shedder
 from stream.speech.segment import Segment
 from stream.transcribe.asr_service import TranscriptionService
 from stream.transcribe.transcribe import Transcribe
@@ -156,4 +157,30 @@ async def test_interims_of_long_speech_come_while_the_final_asr_is_busy(separate
     await segment.process(EndOfStream())
     utterances = events.of_type("utterance")
     assert [u["text"] for u in utterances if u["final"]] == [f"final {t}" for t in final.started[-2:]]
+    await asr.close()
+
+
+def shed() -> float:
+    return metrics.REGISTRY.get_sample_value("microemo_shed_total", {"work": "interim"}) or 0.0
+
+
+@pytest.mark.parametrize("late_ticks", [1, 10])
+async def test_interims_on_their_own_worker_are_shed_only_at_the_face_floor(late_ticks: int) -> None:
+    """Overload sheds face frames first; interims that share the ASR go as soon as any is shed, cheap ones on
+    their own worker only once face frames can be shed no further."""
+    shedder = Shedder(0.05)
+    for _ in range(late_ticks):
+        shedder.observe(1.0)
+    events, interim = Events(), RecordingTranscriber()
+    asr = TranscriptionService(RecordingTranscriber(), interim=interim)
+    segment = Segment(events.context(), VadSettings(), interim_s=1.0)
+    segment.then(Transcribe(events.context(), asr, shedder=shedder)).then(Collect())
+    before = shed()
+    await feed_speech(segment, interim, [(False, 0.5), (True, 3.5), (False, 1.0)])
+    await segment.process(EndOfStream())
+    interims = [u for u in events.of_type("utterance") if not u["final"]]
+    if late_ticks == 1:  # face frames halved, not at their floor
+        assert len(interims) == 3 and shed() == before
+    else:
+        assert interims == [] and shed() - before == 3
     await asr.close()
