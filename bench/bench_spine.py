@@ -254,12 +254,17 @@ async def one_peer(
         for message, (_, end) in zip(events.of_type(kind, name), speech.spans, strict=False):
             latencies[kind].append(arrival[id(message)] - (audio.started_at + end))
     # interim: the first interim transcript of each utterance, from the start of its speech (as sent)
-    latencies["first_interim"], latencies["interim_count"] = [], []
-    for final, (start, _) in zip(events.of_type("utterance", name), speech.spans, strict=False):
+    # (issue 22: each utterance longer than 3 s should get its first interim within 2.5 s of its start; one that
+    # got none counts as infinitely late)
+    latencies["first_interim"], latencies["interim_count"], latencies["first_interim_over_3s"] = [], [], []
+    for final, (start, end) in zip(events.of_type("utterance", name), speech.spans, strict=False):
         interim = [m for m in events.interim("utterance", name) if m["utterance"] == final["utterance"]]
         latencies["interim_count"].append(len(interim))
+        first = arrival[id(interim[0])] - (audio.started_at + start) if interim else float("inf")
         if interim:
-            latencies["first_interim"].append(arrival[id(interim[0])] - (audio.started_at + start))
+            latencies["first_interim"].append(first)
+        if end - start > 3.0:
+            latencies["first_interim_over_3s"].append(first)
     # reactions of the other peers to this peer's utterances, from this peer's emotion event
     emotions = {m["utterance"]: arrival[id(m)] for m in events.of_type("emotion", name)}
     latencies["reaction_after_emotion"] = [
@@ -278,6 +283,23 @@ async def one_peer(
     heard = " ".join(m["text"] for m in events.of_type("utterance", name))
     latencies["wer"] = [word_error_rate(" ".join(speech.sentences), heard)]
     return latencies, streamed_s
+
+
+def over_3s(firsts: list[float]) -> dict[str, Any]:
+    """Utterances longer than 3 s: how many, how many got an interim within 2.5 s of their start, the first
+    interim's latency from the start (p50/p95 of those that got one) and how many got none."""
+    got = [x for x in firsts if x != float("inf")]
+    return {
+        "utterances": len(firsts),
+        "first_within_2_5s": sum(x <= 2.5 for x in firsts),
+        "no_interim": len(firsts) - len(got),
+        "first_interim_ms": {
+            "p50": round(1000 * percentile(got, 50)),
+            "p95": round(1000 * percentile(got, 95)),
+        }
+        if got
+        else None,
+    }
 
 
 async def run_concurrent(
@@ -329,6 +351,7 @@ async def run_concurrent(
         "emotion_ms": ms("emotion"),
         "first_interim_ms": ms("first_interim"),
         "interim_per_utterance": round(float(np.mean([x for r in results for x in r["interim_count"]])), 2),
+        "over_3s": over_3s([x for r in results for x in r["first_interim_over_3s"]]),
         "interim_skipped": {
             kind: int(delta(f'microemo_interim_skipped_total{{event="{kind}"}}'))
             for kind in ("utterance", "emotion")

@@ -50,6 +50,11 @@ class AsrSettings(Section):
     # Against Whisper's repetition loops and invented words (asr.py REPETITION_GUARD); measured with
     # bench/bench_asr_guard.py
     repetition_guard: bool = True
+    # Interim transcripts of speech still going on (final: false). moonshine: Moonshine tiny English on its own
+    # worker thread (model/audio/moonshine.py), so interims and finals never queue behind each other and an
+    # interim costs ~19 ms of CPU per second of speech; same: the backend above, only when it is idle.
+    interim_backend: Literal["moonshine", "same"] = "moonshine"
+    interim_threads: int = Field(1, ge=1)  # moonshine's onnxruntime threads
 
 
 class MicroSettings(Section):

@@ -78,7 +78,9 @@ LLM_SKIPPED = Counter(
 )
 INTERIM_SKIPPED = Counter(
     "microemo_interim_skipped_total",
-    "Interim updates of open utterances skipped because final work was waiting or running",
+    "Interim updates of open utterances skipped because final work was waiting or running (interim backend "
+    "'same'), because a newer one of the same speaker replaced it while it waited for the interim worker, or "
+    "(emotion) because the emotion service was busy",
     ["event"],
     registry=REGISTRY,
 )

@@ -26,8 +26,10 @@ class Shedder:
       1. face-analysis frames: the share of sampled frames analysed halves each late tick, down to
          MIN_FACE_SHARE (face analysis is the largest load after ASR, its Python code holds the GIL the loop
          needs, and a face read at a few frames a second still says who speaks and how they look);
-      2. interim updates (transcripts of speech still going on), for as long as any face frame is shed: they
-         only ever make the final transcripts wait.
+      2. interim updates (transcripts of speech still going on), for as long as any face frame is shed, when
+         they share the final transcripts' ASR (audio.asr.interim_backend: same): there they only ever make the
+         final transcripts wait. On their own worker and model (moonshine: ~20 ms of CPU a second of speech,
+         about a twentieth of a Whisper pass) they are shed only once face frames are at their floor.
     A tick within half of `shed_lag_s` gives back RECOVERY_STEP of the share. The LLM stage sheds on its own
     (emotion.llm.max_pending), and the ASR skips interim work whenever final work waits (Transcribe).
 
@@ -71,6 +73,11 @@ class Shedder:
     @property
     def interim_allowed(self) -> bool:
         return not self.shedding
+
+    @property
+    def cheap_interim_allowed(self) -> bool:
+        """Interim updates on their own cheap worker: shed only when face frames can be shed no further."""
+        return self.face_share > self.min_face_share
 
 
 class FrameShare:

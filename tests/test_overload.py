@@ -38,9 +38,11 @@ def test_a_late_loop_halves_the_face_share_down_to_a_floor_and_calm_ticks_give_i
     assert shedder.face_share == 1.0 and not shedder.shedding and shedder.interim_allowed
     shedder.observe(0.08)
     assert shedder.face_share == 0.5 and shedder.shedding and not shedder.interim_allowed
+    assert shedder.cheap_interim_allowed  # interims on their own cheap worker go only after the faces' floor
     for _ in range(5):
         shedder.observe(1.2)
     assert shedder.face_share == MIN_FACE_SHARE  # a face is still read, at a few frames a second
+    assert not shedder.cheap_interim_allowed
     shedder.observe(0.03)  # late, but under the threshold: neither more shed nor given back
     assert shedder.face_share == MIN_FACE_SHARE
     shedder.observe(0.002)

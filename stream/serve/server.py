@@ -21,6 +21,7 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError
 from aiortc.sdp import SessionDescription
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from model.audio.moonshine import make_interim_transcriber
 from model.audio.vad import SileroModel
 from model.audio.whisper import Transcriber, make_transcriber
 from model.face.landmarks import make_face_analyzer
@@ -650,8 +651,11 @@ def check_face_model(video: VideoSettings) -> None:
 
 
 # -- app -----------------------------------------------------------------------------------------
-def create_app(settings: Settings, *, transcriber: Transcriber | None = None) -> web.Application:
-    """Build the app; models load at start-up. `transcriber` replaces the configured ASR (for tests)."""
+def create_app(
+    settings: Settings, *, transcriber: Transcriber | None = None, interim: Transcriber | None = None
+) -> web.Application:
+    """Build the app; models load at start-up. `transcriber` replaces the configured ASR, and then `interim`
+    the configured interim one (None: the same transcriber), for tests."""
     app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
 
     async def start(app: web.Application) -> None:
@@ -660,10 +664,13 @@ def create_app(settings: Settings, *, transcriber: Transcriber | None = None) ->
         asr_settings = settings.audio.asr
         loop = asyncio.get_running_loop()
         vad_model = await loop.run_in_executor(None, SileroModel, settings.audio.vad.threads)
-        chosen = transcriber
+        chosen, interim_chosen = transcriber, interim
         if chosen is None:
             chosen = await loop.run_in_executor(None, make_transcriber, asr_settings)
-        asr = TranscriptionService(chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size)
+            interim_chosen = await loop.run_in_executor(None, make_interim_transcriber, asr_settings)
+        asr = TranscriptionService(
+            chosen, interim=interim_chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size
+        )
         # a face model that cannot load stops start-up here, not in the first call
         video, face_processes = settings.video, None
         if video.enabled and video.processes:

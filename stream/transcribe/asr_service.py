@@ -1,8 +1,10 @@
-"""Transcription jobs of every call → a bounded queue served by worker threads (the event loop never waits on ASR)."""
+"""Transcription jobs of every call → a bounded queue served by worker threads (the event loop never waits on ASR);
+interim transcripts, with an interim transcriber, → its own worker: at most one waiting per speaker, newest wins."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,16 +18,43 @@ class TranscriptionService:
     """Shared by every call: a bounded queue of jobs served by worker threads.
 
     A full queue makes the submitting session wait in its own transcription task, never in the media path,
-    so a backlog delays transcripts but neither VAD nor other calls, and no closed utterance is dropped."""
+    so a backlog delays transcripts but neither VAD nor other calls, and no closed utterance is dropped.
 
-    def __init__(self, transcriber: Transcriber, *, workers: int = 1, queue_size: int = 16) -> None:
+    With an `interim` transcriber (Moonshine: cheap, text only), interim transcripts of speech still going on
+    run on a worker thread of their own: they never wait behind closing transcripts, nor these behind them.
+    That worker keeps at most one interim waiting per speaker (`key`): a newer one takes the older one's place
+    in line, and the older one's caller gets None (skipped, the caller counts it)."""
+
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        *,
+        interim: Transcriber | None = None,
+        workers: int = 1,
+        queue_size: int = 16,
+    ) -> None:
         self.transcriber = transcriber
+        self.interim_transcriber = interim
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asr")
         self._queue: asyncio.Queue[tuple[np.ndarray, float, bool, asyncio.Future[Transcript]]]
         self._queue = asyncio.Queue(queue_size)
         self._running = 0  # jobs in the workers now
         self.interim_seconds = 0.0  # recent compute time of an interim (text only) transcription, smoothed
         self._workers = [asyncio.create_task(self._serve()) for _ in range(workers)]
+        self._interim_executor: ThreadPoolExecutor | None = None
+        # speaker → its one interim waiting for the interim worker (pcm, t_offset, result); in arrival order
+        self._interim_waiting: dict[
+            Hashable, tuple[np.ndarray, float, asyncio.Future[Transcript | None]]
+        ] = {}
+        self._interim_arrived = asyncio.Event()
+        if interim is not None:
+            self._interim_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-interim")
+            self._workers.append(asyncio.create_task(self._serve_interim(self._interim_executor)))
+
+    @property
+    def interim_separate(self) -> bool:
+        """Interim transcripts have their own transcriber and worker (transcribe_interim)."""
+        return self.interim_transcriber is not None
 
     @property
     def backlog(self) -> int:
@@ -41,6 +70,44 @@ class TranscriptionService:
         await self._queue.put((pcm, t_offset, words, done))
         metrics.ASR_BACKLOG.set(self._queue.qsize())
         return await done
+
+    async def transcribe_interim(self, key: Hashable, pcm: np.ndarray, t_offset: float) -> Transcript | None:
+        """An interim transcript (text only) by the interim transcriber; None when a newer one of the same `key`
+        replaced it before the interim worker took it. Only with an interim transcriber."""
+        assert self.interim_transcriber is not None, "no interim transcriber: use transcribe(words=False)"
+        done: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
+        older = self._interim_waiting.get(key)
+        if older is not None and not older[2].done():
+            older[2].set_result(None)
+        self._interim_waiting[key] = (pcm, t_offset, done)  # an older one's place in line, if it had one
+        self._interim_arrived.set()
+        return await done
+
+    async def _serve_interim(self, executor: ThreadPoolExecutor) -> None:
+        assert self.interim_transcriber is not None
+        transcribe = self.interim_transcriber.transcribe
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._interim_arrived.wait()
+            if not self._interim_waiting:
+                self._interim_arrived.clear()
+                continue
+            key = next(iter(self._interim_waiting))
+            pcm, t_offset, done = self._interim_waiting.pop(key)
+            if done.done():
+                continue  # replaced, or its caller no longer needs it (its utterance closed)
+            try:
+                result = await loop.run_in_executor(executor, transcribe, pcm, t_offset, False)
+            except Exception as exc:
+                if not done.done():
+                    done.set_exception(exc)
+                continue
+            metrics.ASR_COMPUTE.observe(result.seconds)
+            metrics.ASR_AUDIO.inc(len(pcm) / SAMPLE_RATE)
+            seen = self.interim_seconds or result.seconds
+            self.interim_seconds = 0.8 * seen + 0.2 * result.seconds
+            if not done.done():
+                done.set_result(result)
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -73,3 +140,5 @@ class TranscriptionService:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._interim_executor is not None:
+            self._interim_executor.shutdown(wait=False, cancel_futures=True)

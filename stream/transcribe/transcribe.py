@@ -1,5 +1,6 @@
 """Closed utterances → transcripts (one at a time, off the loop) → utterance events; a pause starts one early;
-speech still going on gets interim transcripts when the ASR has nothing else to do."""
+speech still going on gets interim transcripts (on the interim transcriber's own worker, or when the ASR has nothing
+else to do)."""
 
 from __future__ import annotations
 
@@ -34,11 +35,14 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
     that saves up to min_silence_ms - speech_pad_ms of transcript latency. Only when the ASR workers are idle and
     the clock is live (a file needs no head start): a pause that does not close wastes idle compute only.
 
-    Speech still going on (SpeechSoFar) is transcribed only when the ASR is idle, and published as an interim
-    utterance (final: false); one in `interim_emotion_s` of speech is also passed on for an interim face and
-    emotion. Interim work never waits ahead of closed utterances: when the ASR is busy it is skipped (counted),
-    and one whose utterance has closed meanwhile is dropped. While `shedder` sheds work (speech runs late),
-    none is started (counted as shed).
+    Speech still going on (SpeechSoFar) is transcribed and published as an interim utterance (final: false);
+    one in `interim_emotion_s` of speech is also passed on for an interim face and emotion. Interim work never
+    waits ahead of closed utterances. With an interim transcriber (audio.asr.interim_backend: moonshine) it has
+    its own worker: every interim is asked for, and one still waiting when this speaker's next comes is
+    replaced by it (skipped, counted). Without one, it runs only when the ASR is idle, and is skipped (counted)
+    when the ASR is busy. One whose utterance has closed meanwhile is dropped (cancelled if not yet started).
+    While `shedder` sheds work (speech runs late), none is started (counted as shed); on their own worker, only
+    once face frames are shed to their floor.
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
         self._shedder = shedder  # under overload, interim work goes (stream/overload.py)
         self._interim_emotion_s = interim_emotion_s
         self._interim: asyncio.Task[None] | None = None
+        self._interim_for = -1  # the utterance index of the last interim asked for
         self._closed_index = -1  # the last utterance index closed: interim results up to it are stale
         self._interim_emotion_t: tuple[int, float] | None = None  # (index, t1) of the last interim passed on
         self._emit = asyncio.Lock()  # an interim result and a closing one are published and passed on in turn
@@ -70,6 +75,12 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
             self._start_interim(frame.utterance)
         else:
             self._closed_index = frame.utterance.index
+            if (
+                self._asr.interim_separate
+                and self._interim is not None
+                and self._interim_for <= self._closed_index
+            ):
+                self._interim.cancel()  # its result would be dropped: do not spend the interim worker on it
             if self._worker is None:
                 self._worker = asyncio.create_task(self._work())
             self._queue.put_nowait((frame, self._take_early(frame.utterance)))
@@ -90,20 +101,33 @@ class Transcribe(Processor[SpeechPaused | SpeechSoFar | ScoredUtterance, HeardUt
 
     def _start_interim(self, utterance: ClosedUtterance) -> None:
         self._take_early(None)  # speech went on after the last pause: that transcript is not needed
-        busy = not self._asr.idle or not self._queue.empty()
-        if busy or (self._interim is not None and not self._interim.done()):
+        separate = self._asr.interim_separate  # its own worker: never behind finals; newest wins there
+        busy = not separate and (not self._asr.idle or not self._queue.empty())
+        if busy or (not separate and self._interim is not None and not self._interim.done()):
             metrics.INTERIM_SKIPPED.labels("utterance").inc()
             return
-        if self._shedder is not None and not self._shedder.interim_allowed:
+        shedder = self._shedder
+        if shedder is not None and not (
+            shedder.cheap_interim_allowed if separate else shedder.interim_allowed
+        ):
             metrics.SHED.labels("interim").inc()
             return
         self._interim = asyncio.create_task(self._transcribe_interim(utterance))
+        self._interim_for = utterance.index
 
     async def _transcribe_interim(self, utterance: ClosedUtterance) -> None:
         context = self._context
         uid = context.utterance_id(utterance.index)
+        asr = self._asr
         try:
-            transcript = await self._asr.transcribe(utterance.pcm, utterance.pcm_t0, words=False)
+            if asr.interim_separate:
+                found = await asr.transcribe_interim(self, utterance.pcm, utterance.pcm_t0)
+                if found is None:  # a newer interim of this speaker took its place in line
+                    metrics.INTERIM_SKIPPED.labels("utterance").inc()
+                    return
+                transcript = found
+            else:
+                transcript = await asr.transcribe(utterance.pcm, utterance.pcm_t0, words=False)
         except Exception as exc:  # the closing transcript will be tried again; say it once, as a warning
             context.log.warning("interim transcription failed for %s: %r", uid, exc)
             return
