@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -347,6 +347,12 @@ EXAMPLE_NAMES = {
     "crema-d": "AudioWAV/1001_DFA_ANG_XX.wav",
     "mead": "M003/video/front/angry/level_2/001.mp4",
 }
+
+
+def withheld(groups: Mapping[str, str], splits: tuple[str, ...] = ("test",)) -> bool:
+    """Whether a manifest line may not be learned from: its corpus is reserved for evaluation, or its split is one
+    of `splits` (test; training also refuses dev, which is for choices)."""
+    return groups.get("dataset", "").lower() in EVALUATION_ONLY or groups.get("split") in splits
 
 
 def corpus_clips(corpus: str, root: Path, split: str = "all") -> list[CorpusClip]:

@@ -1,7 +1,7 @@
 """`microemo train-heads MANIFEST... --out DIR`: labelled clips → voice features → trained heads (.npz).
 
-Refuses clips reserved for evaluation (a corpus in EVALUATION_ONLY, or a line with split "test"), so a head
-is never trained on what its scores are measured with. Reports speaker-grouped cross-validated scores: each
+Refuses clips reserved for evaluation or choices (a corpus in EVALUATION_ONLY, or a line with split "test" or
+"dev": `corpora.withheld`), so a head is never trained on what its scores are measured or chosen with. Reports speaker-grouped cross-validated scores: each
 utterance read by a head that never heard its speaker.
 """
 
@@ -22,7 +22,7 @@ from model.emotion.dialogue import DialogueHeads
 from model.emotion.heads import HeadReading, Mlp, save_heads
 from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
 from model.training import fit_face, fit_text
-from model.training.corpora import EVALUATION_ONLY
+from model.training.corpora import withheld
 from model.training.evaluation import LabelledClip, family_of, load_manifest
 from model.training.fit_fusion import FusionRows, cross_validated, fit, reading
 from model.training.fit_heads import (
@@ -47,8 +47,8 @@ def training_clips(manifests: list[Path]) -> list[LabelledClip]:
     """The manifests' recordings (their text lines train the text head: model/training/fit_text.py)."""
     clips = [clip for manifest in manifests for clip in load_manifest(manifest) if clip.clip is not None]
     for clip in clips:
-        dataset = clip.groups.get("dataset", "").lower()
-        if dataset in EVALUATION_ONLY or clip.groups.get("split") in ("dev", "test"):
+        if withheld(clip.groups, ("dev", "test")):
+            dataset = clip.groups.get("dataset", "").lower()
             raise ReservedClipError(
                 f"{clip.name}: reserved for evaluation or choices (dataset {dataset or '?'}, split "
                 f"{clip.groups.get('split', '?')}); train on split 'train' lines only"

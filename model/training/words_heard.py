@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model.training.corpora import EVALUATION_ONLY
+from model.training.corpora import withheld
 from model.training.evaluation import LabelledClip, load_manifest
 from model.training.voice_features import VoiceFeatureExtractor, _decode
 
@@ -27,13 +27,14 @@ PERCENTILES = (5, 10, 25, 50, 75, 90)
 def heard_by_dataset(clips: list[LabelledClip], extractor: VoiceFeatureExtractor) -> dict[str, list[float]]:
     heard: dict[str, list[float]] = defaultdict(list)
     for clip in tqdm(clips, desc="transcripts", unit="clip", disable=None):
-        dataset = clip.groups.get("dataset", "?")
-        if dataset.lower() in EVALUATION_ONLY or clip.groups.get("split") == "test" or clip.clip is None:
+        if withheld(clip.groups):
             raise SystemExit(f"{clip.name}: reserved for evaluation; choose on train or dev recordings only")
+        if clip.clip is None:  # a text line: nothing heard
+            continue
         for utterance in extractor.utterances(_decode(clip.clip)):
             transcript = extractor.transcriber.transcribe(utterance.pcm, 0.0)
             if transcript.heard is not None:
-                heard[dataset].append(transcript.heard)
+                heard[clip.groups.get("dataset", "?")].append(transcript.heard)
     return heard
 
 

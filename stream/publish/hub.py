@@ -57,10 +57,9 @@ class Subscriber:
                 )
             )
         for message in replay.messages:
-            if self.wants(message):
-                view = for_version(message, self.version)
-                if view is not None:
-                    self._backlog.append(view)
+            view = self.view(message)
+            if view is not None:
+                self._backlog.append(view)
         metrics.EVENTS_REPLAYED.inc(len(replay.messages))
         metrics.RESUMES.labels("history_gone" if replay.missing else "complete").inc()
         if self._backlog:
@@ -70,6 +69,10 @@ class Subscriber:
         if self.call is not None and message.get("call") != self.call:
             return False
         return self.types is None or message["type"] in self.types
+
+    def view(self, message: Message) -> Message | None:
+        """The event as this subscriber reads it (its call, its types, its schema version); None: not for it."""
+        return for_version(message, self.version) if self.wants(message) else None
 
     def offer(self, message: Message) -> None:
         """Never blocks: a subscriber whose queue is full is cut off, with an error as its last message."""
@@ -134,10 +137,9 @@ class Hub:
         metrics.EVENTS.labels(event.TYPE).inc()
         self.history.record(message)
         for subscriber in list(self._subscribers):
-            if subscriber.wants(message):
-                view = for_version(message, subscriber.version)
-                if view is not None:
-                    subscriber.offer(view)
+            view = subscriber.view(message)
+            if view is not None:
+                subscriber.offer(view)
         for sink in self._sinks:
             try:
                 sink(message)
