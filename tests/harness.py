@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -216,18 +217,12 @@ class EventLog:
     async def wait_for(
         self, type_: str, participant: str | None = None, count: int = 1, timeout: float = 30
     ) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.of_type(type_, participant)) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"{count} {type_} events not received; got {[m['type'] for m in self.messages]}"
-                )
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                pass
+        await wait_until(
+            lambda: len(self.of_type(type_, participant)) >= count,
+            self._arrived,
+            timeout,
+            lambda: f"{count} {type_} events not received; got {[m['type'] for m in self.messages]}",
+        )
 
     async def send(self, text: str) -> None:
         await self._ws.send(text)
@@ -268,6 +263,23 @@ def messages_per_utterance(
         ]
         for u in utterances
     ]
+
+
+async def wait_until(
+    condition: Callable[[], bool], arrived: asyncio.Event, timeout: float, missing: Callable[[], str]
+) -> None:
+    """Wait until `condition` holds, checking it each time `arrived` is set; TimeoutError(missing()) after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(missing())
+        arrived.clear()
+        try:
+            await asyncio.wait_for(arrived.wait(), remaining)
+        except TimeoutError:
+            pass
 
 
 def events_url(server: ServerProcess, call: str, **query: str) -> str:

@@ -24,6 +24,7 @@ from pipecat.pipeline.worker import PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
+from tests.harness import wait_until
 from tests.media import SPEECH_RATE
 
 CHUNK_S = 0.02
@@ -114,18 +115,12 @@ class Collector(FrameProcessor):
         return [f for f in self.frames if isinstance(f, kind)]
 
     async def wait_until(self, condition: Callable[[Collector], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition(self):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"not reached in {timeout} s; got {[type(f).__name__ for f in self.frames[-20:]]}"
-                )
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                pass
+        await wait_until(
+            lambda: condition(self),
+            self._arrived,
+            timeout,
+            lambda: f"not reached in {timeout} s; got {[type(f).__name__ for f in self.frames[-20:]]}",
+        )
 
 
 async def run_pipeline(
