@@ -47,6 +47,9 @@ class AsrSettings(Section):
     beam_size: int = Field(1, ge=1)
     workers: int = Field(1, ge=1)
     queue_size: int = Field(16, ge=1)
+    # Closing transcripts that wait together are encoded as one batch of up to this many (one encoder pass for
+    # several calls: on a GPU about the cost of one); 1 on a CPU, where a batch costs what its parts do
+    batch: int = Field(1, ge=1)
     # Against Whisper's repetition loops and invented words (asr.py REPETITION_GUARD); measured with
     # bench/bench_asr_guard.py
     repetition_guard: bool = True
@@ -55,6 +58,10 @@ class AsrSettings(Section):
     # interim costs ~19 ms of CPU per second of speech; same: the backend above, only when it is idle.
     interim_backend: Literal["moonshine", "same"] = "moonshine"
     interim_threads: int = Field(1, ge=1)  # moonshine's onnxruntime threads
+    # What Whisper's encoder reads. speech: the utterance plus half a second, the rest of the 30 s window taken
+    # from a window of silence encoded once (cost follows the speech; model/audio/whisper.py); full: the 30 s
+    # window every time, as Whisper was trained (the cost of 30 s for any utterance)
+    window: Literal["speech", "full"] = "full"
 
 
 class MicroSettings(Section):

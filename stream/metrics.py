@@ -31,6 +31,12 @@ ASR_COMPUTE = Histogram(
 )
 ASR_AUDIO = Counter("microemo_asr_audio_seconds_total", "Seconds of audio transcribed", registry=REGISTRY)
 ASR_BACKLOG = Gauge("microemo_asr_backlog", "Utterances waiting for transcription", registry=REGISTRY)
+ASR_BATCH = Histogram(
+    "microemo_asr_batch_size",
+    "Transcriptions encoded together in one batch (audio.asr.batch > 1; a single one is not counted)",
+    buckets=(2, 4, 8, 16, 32),
+    registry=REGISTRY,
+)
 STAGE_LATENCY = Histogram(
     "microemo_stage_latency_seconds",
     "From the end of an utterance's speech (wall clock) to its event",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,18 +82,75 @@ class FasterWhisperTranscriber:
             compute_type=settings.compute_type,
             cpu_threads=settings.cpu_threads,
         )
+        # The encoder reads the utterance's own length (audio.asr.window: speech), or the whole 30 s window
+        self._encode = encode = self._model.encode
+        self._blank: np.ndarray | None = None  # (1500, D) encoder states of a window of silence
+        if settings.window == "speech":
+            mels = self._model.feature_extractor.mel_filters.shape[0]
+            self._blank = _to_numpy(encode(np.zeros((mels, WINDOW_FRAMES), np.float32)))
         # The first encoder pass of each transcription is the whole utterance (< 30 s): keep its states,
         # per worker thread, for the voice emotion head, instead of encoding the audio a second time.
         self._kept = threading.local()
-        self._encode = encode = self._model.encode
 
         def encode_and_keep(features: np.ndarray) -> Any:
-            output = encode(features)
+            ready = getattr(self._kept, "ready", None)  # encoded already, with others (transcribe_batch)
+            self._kept.ready = None
+            output = self._encode_window(features) if ready is None else ready
             if getattr(self._kept, "states", None) is None:
                 self._kept.states = _to_numpy(output)
             return output
 
         self._model.encode = encode_and_keep  # type: ignore[method-assign]
+
+    def _encode_window(self, features: np.ndarray) -> Any:
+        """30 s windows of log-mel features (n_mels, 3000) or (B, n_mels, 3000), padded with zeros by
+        faster-whisper → encoder states (B, 1500, D).
+
+        In the speech window only the speech and SPEECH_PAD_FRAMES after it are encoded (a batch: after its
+        longest), and the states of a window of silence, encoded once, fill the positions after them. Whisper's
+        decoder still sees the 30 s of states it was trained on (the states of the speech alone, cut short,
+        lose words on real speech: ASR_OPTIONS.md), at a cost that follows the speech."""
+        batch = features.reshape(-1, *features.shape[-2:])
+        blank = self._blank
+        frames = WINDOW_FRAMES if blank is None else max(speech_frames(window) for window in batch)
+        if blank is None or frames >= WINDOW_FRAMES:
+            return self._encode(batch)
+        import ctranslate2
+
+        own = self._encode(np.ascontiguousarray(batch[..., :frames]))
+        states = _arrays(own)
+        tail = np.broadcast_to(blank[states.shape[1] :], (len(states), *blank[states.shape[1] :].shape))
+        output = ctranslate2.StorageView.from_array(
+            np.ascontiguousarray(np.concatenate([states, tail], axis=1))
+        )
+        if getattr(own, "device", "cpu") != "cpu":
+            output = output.to_device(ctranslate2.Device.cuda)
+        return output
+
+    def transcribe_batch(
+        self, jobs: Sequence[tuple[np.ndarray, float]], words: bool = True
+    ) -> list[Transcript]:
+        """Several utterances (pcm, t_offset), their encoder windows in one pass, then each decoded as
+        `transcribe` does. On a GPU one pass for several costs about what one costs; on a CPU it is no cheaper
+        than one after another (bench/bench_asr_window.py)."""
+        import ctranslate2
+        from faster_whisper.audio import pad_or_trim
+
+        started = time.perf_counter()
+        extract = self._model.feature_extractor
+        encoded = self._encode_window(np.stack([pad_or_trim(extract(pcm)[:, :-1]) for pcm, _ in jobs]))
+        device = getattr(encoded, "device", "cpu")
+        share = (time.perf_counter() - started) / len(jobs)  # the batch's encoding, shared out
+        results = []
+        for (pcm, t_offset), states in zip(jobs, _arrays(encoded), strict=True):
+            ready = ctranslate2.StorageView.from_array(np.ascontiguousarray(states[None]))
+            self._kept.ready = ready if device == "cpu" else ready.to_device(ctranslate2.Device.cuda)
+            try:
+                transcript = self.transcribe(pcm, t_offset, words)
+            finally:
+                self._kept.ready = None
+            results.append(replace(transcript, seconds=transcript.seconds + share))
+        return results
 
     def transcribe(self, pcm: np.ndarray, t_offset: float, words: bool = True) -> Transcript:
         started = time.perf_counter()
@@ -121,8 +179,23 @@ class FasterWhisperTranscriber:
         """(2 D,) pooled encoder states of `pcm` without decoding: the same numbers `transcribe` keeps."""
         from faster_whisper.audio import pad_or_trim
 
-        features = self._model.feature_extractor(pcm)
-        return pool_encoder_states(_to_numpy(self._encode(pad_or_trim(features))), len(pcm))
+        features = self._model.feature_extractor(pcm)[:, :-1]  # as transcribe: its last frame is left out
+        return pool_encoder_states(_to_numpy(self._encode_window(pad_or_trim(features))), len(pcm))
+
+
+WINDOW_FRAMES = 3000  # Whisper's window: 30 s of log-mel frames, 100 a second
+# How far past the speech the encoder reads in the speech window: 0.5 s of the window's zero padding. Chosen on
+# the bench sentences, real conversation and read speech (model/audio/ASR_OPTIONS.md, "The speech window")
+SPEECH_PAD_FRAMES = 50
+
+
+def speech_frames(features: np.ndarray) -> int:
+    """How many frames of a padded window (n_mels, 3000) the speech window encodes: up to the last frame that is
+    not padding (faster-whisper pads with exact zeros), then SPEECH_PAD_FRAMES more; even (the encoder's first
+    layer halves the frames)."""
+    heard = np.flatnonzero(np.any(features.reshape(-1, features.shape[-1]) != 0, axis=0))
+    frames = (int(heard[-1]) + 1 if len(heard) else 0) + SPEECH_PAD_FRAMES
+    return min(WINDOW_FRAMES, frames + frames % 2)
 
 
 # Whisper can loop on a phrase ("lazy non-neon-neon...") or invent words over silence, and a loop runs until the
@@ -150,13 +223,18 @@ def decoding_options(settings: AsrSettings, pcm: np.ndarray, words: bool = True)
     return options
 
 
-def _to_numpy(storage: object) -> np.ndarray:
-    """A CTranslate2 StorageView (1, T, D) of encoder states → (T, D) float32 on the CPU."""
+def _arrays(storage: object) -> np.ndarray:
+    """CTranslate2 encoder states (B, T, D) → the same, float32 on the CPU."""
     import ctranslate2
 
     if getattr(storage, "device", "cpu") != "cpu":
         storage = storage.to_device(ctranslate2.Device.cpu)  # type: ignore[attr-defined]
-    return np.asarray(storage, dtype=np.float32)[0]
+    return np.asarray(storage, dtype=np.float32)
+
+
+def _to_numpy(storage: object) -> np.ndarray:
+    """CTranslate2 encoder states (1, T, D) → (T, D) float32 on the CPU."""
+    return _arrays(storage)[0]
 
 
 def make_transcriber(settings: AsrSettings) -> Transcriber:

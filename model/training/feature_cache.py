@@ -9,10 +9,12 @@ import numpy as np
 import numpy.typing as npt
 
 
-def cache_key(path: Path) -> str:
-    """Changes when the file does (its resolved path, size or modification time)."""
+def cache_key(path: Path, variant: str = "") -> str:
+    """Changes when the file does (its resolved path, size or modification time), or the `variant` of the
+    features computed from it ("": the first kind, whose keys predate variants)."""
     stat = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    tail = f"|{variant}" if variant else ""
+    return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}{tail}".encode()).hexdigest()
 
 
 def save_arrays(cache: Path, stored: dict[str, npt.NDArray[np.float32]]) -> None:

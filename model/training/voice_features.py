@@ -3,7 +3,7 @@
 Each clip's audio goes through the same VAD and segmenter as a call, so the heads learn on the utterances the
 server would cut (speech with its padding, not the clip's silences); each utterance's Whisper encoder states
 come from the same model the transcription runs, and its prosody from the same measure. Features are cached
-per clip (keyed by path, size and mtime) in one .npz, so a second run over the same corpus is quick.
+per clip (keyed by path, size, mtime and the encoder window) in one .npz, so a second run over the same corpus is quick.
 """
 
 from __future__ import annotations
@@ -40,11 +40,19 @@ class ClipVoice:
     features: npt.NDArray[np.float32]
 
 
+def features_variant(asr: AsrSettings) -> str:
+    """What the cached features of a clip depend on besides the clip: the encoder window (the full window's
+    features came first, so their keys have no variant)."""
+    return "" if asr.window == "full" else f"window={asr.window}"
+
+
 class VoiceFeatureExtractor:
     def __init__(self, vad: VadSettings | None = None, asr: AsrSettings | None = None) -> None:
         self._vad_settings = vad or VadSettings()
         self._vad = SileroModel(threads=1)
-        self._transcriber = FasterWhisperTranscriber(asr or AsrSettings())
+        asr = asr or AsrSettings()
+        self._transcriber = FasterWhisperTranscriber(asr)
+        self.variant = features_variant(asr)
 
     def utterances(self, pcm: npt.NDArray[np.float32]) -> list[ClosedUtterance]:
         """The utterances a live call would close from this audio (the end of the clip closes the last)."""
@@ -81,12 +89,13 @@ def extract_voice(
 ) -> list[ClipVoice]:
     """Voice features of every clip, from the cache where a clip is unchanged; the cache is rewritten."""
     stored: dict[str, npt.NDArray[np.float32]] = {}
+    variant = extractor.variant if extractor is not None else features_variant(AsrSettings())
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as data:
             stored = {key: data[key] for key in data.files}
     result, fresh = [], 0
     for path in tqdm(clips, desc="voice features", unit="clip", disable=None):
-        key = cache_key(path)
+        key = cache_key(path, variant)
         if key not in stored:
             extractor = extractor or VoiceFeatureExtractor()
             stored[key] = extractor.clip(path).features
@@ -108,9 +117,10 @@ def extract_transcripts(
     """What Whisper hears in each utterance the VAD cuts from each clip (as a live call transcribes it), from the
     cache (JSON, keyed as the voice features) where a clip is unchanged; the cache is rewritten."""
     stored: dict[str, list[str]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    variant = extractor.variant if extractor is not None else features_variant(AsrSettings())
     result, fresh = [], 0
     for path in tqdm(clips, desc="transcripts", unit="clip", disable=None):
-        key = cache_key(path)
+        key = cache_key(path, variant)
         if key not in stored:
             extractor = extractor or VoiceFeatureExtractor()
             pcm = _decode(path)

@@ -669,7 +669,11 @@ def create_app(
             chosen = await loop.run_in_executor(None, make_transcriber, asr_settings)
             interim_chosen = await loop.run_in_executor(None, make_interim_transcriber, asr_settings)
         asr = TranscriptionService(
-            chosen, interim=interim_chosen, workers=asr_settings.workers, queue_size=asr_settings.queue_size
+            chosen,
+            interim=interim_chosen,
+            workers=asr_settings.workers,
+            queue_size=asr_settings.queue_size,
+            batch=asr_settings.batch,
         )
         # a face model that cannot load stops start-up here, not in the first call
         video, face_processes = settings.video, None

@@ -1,17 +1,27 @@
-"""Transcription jobs of every call → a bounded queue served by worker threads (the event loop never waits on ASR);
-interim transcripts, with an interim transcriber, → its own worker: at most one waiting per speaker, newest wins."""
+"""Transcription jobs of every call → a bounded queue served by worker threads (the event loop never waits on ASR),
+those waiting together in batches where the transcriber can; interim transcripts, with an interim transcriber, →
+its own worker: at most one waiting per speaker, newest wins."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 
 from model.audio.vad import SAMPLE_RATE
 from model.audio.whisper import Transcriber, Transcript
 from stream import metrics
+
+Job = tuple[np.ndarray, float, bool, "asyncio.Future[Transcript]"]  # (pcm, t_offset, words, result)
+
+
+class BatchTranscriber(Transcriber, Protocol):
+    def transcribe_batch(
+        self, jobs: Sequence[tuple[np.ndarray, float]], words: bool = True
+    ) -> list[Transcript]: ...
 
 
 class TranscriptionService:
@@ -23,7 +33,10 @@ class TranscriptionService:
     With an `interim` transcriber (Moonshine: cheap, text only), interim transcripts of speech still going on
     run on a worker thread of their own: they never wait behind closing transcripts, nor these behind them.
     That worker keeps at most one interim waiting per speaker (`key`): a newer one takes the older one's place
-    in line, and the older one's caller gets None (skipped, the caller counts it)."""
+    in line, and the older one's caller gets None (skipped, the caller counts it).
+
+    With `batch` > 1 and a transcriber that has `transcribe_batch`, a worker takes the jobs waiting when it is
+    free, up to `batch` of them in queue order, and transcribes them together (one encoder pass)."""
 
     def __init__(
         self,
@@ -32,12 +45,13 @@ class TranscriptionService:
         interim: Transcriber | None = None,
         workers: int = 1,
         queue_size: int = 16,
+        batch: int = 1,
     ) -> None:
         self.transcriber = transcriber
+        self._batch = batch if hasattr(transcriber, "transcribe_batch") else 1
         self.interim_transcriber = interim
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asr")
-        self._queue: asyncio.Queue[tuple[np.ndarray, float, bool, asyncio.Future[Transcript]]]
-        self._queue = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(queue_size)
         self._running = 0  # jobs in the workers now
         self.interim_seconds = 0.0  # recent compute time of an interim (text only) transcription, smoothed
         self._workers = [asyncio.create_task(self._serve()) for _ in range(workers)]
@@ -110,30 +124,48 @@ class TranscriptionService:
                 done.set_result(result)
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            pcm, t_offset, words, done = await self._queue.get()
+            jobs = [await self._queue.get()]
+            while len(jobs) < self._batch and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
             metrics.ASR_BACKLOG.set(self._queue.qsize())
-            if done.cancelled():
-                continue  # its caller no longer needs it (an early transcription whose pause did not close)
-            self._running += 1
-            try:
-                result = await loop.run_in_executor(
-                    self._executor, self.transcriber.transcribe, pcm, t_offset, words
-                )
-            except Exception as exc:  # handed to the caller, who reports it as an error event
+            # a cancelled one's caller no longer needs it (an early transcription whose pause did not close)
+            jobs = [job for job in jobs if not job[3].cancelled()]
+            for words in (True, False):  # closing transcripts first; one batch of each kind
+                if same := [job for job in jobs if job[2] is words]:
+                    await self._run(same, words)
+
+    async def _run(self, jobs: list[Job], words: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self._running += len(jobs)
+        try:
+            if len(jobs) == 1:
+                pcm, t_offset = jobs[0][:2]
+                results = [
+                    await loop.run_in_executor(
+                        self._executor, self.transcriber.transcribe, pcm, t_offset, words
+                    )
+                ]
+            else:
+                batched: BatchTranscriber = self.transcriber  # type: ignore[assignment]
+                pairs = [(pcm, t_offset) for pcm, t_offset, _, _ in jobs]
+                results = await loop.run_in_executor(self._executor, batched.transcribe_batch, pairs, words)
+                metrics.ASR_BATCH.observe(len(jobs))
+        except Exception as exc:  # handed to the callers, who report it as an error event
+            for *_, done in jobs:
                 if not done.done():
                     done.set_exception(exc)
-            else:
-                metrics.ASR_COMPUTE.observe(result.seconds)
-                if not words:
-                    seen = self.interim_seconds or result.seconds
-                    self.interim_seconds = 0.8 * seen + 0.2 * result.seconds
-                metrics.ASR_AUDIO.inc(len(pcm) / SAMPLE_RATE)
-                if not done.done():
-                    done.set_result(result)
-            finally:
-                self._running -= 1
+            return
+        finally:
+            self._running -= len(jobs)
+        for (pcm, _, _, done), result in zip(jobs, results, strict=True):
+            metrics.ASR_COMPUTE.observe(result.seconds)
+            if not words:
+                seen = self.interim_seconds or result.seconds
+                self.interim_seconds = 0.8 * seen + 0.2 * result.seconds
+            metrics.ASR_AUDIO.inc(len(pcm) / SAMPLE_RATE)
+            if not done.done():
+                done.set_result(result)
 
     async def close(self) -> None:
         for worker in self._workers:
