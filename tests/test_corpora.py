@@ -12,6 +12,7 @@ from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
 from model.training.corpora import (
     CREMA_D_EMOTIONS,
     EMODB_EMOTIONS,
+    EMOVO_EMOTIONS,
     EVALUATION_ONLY,
     MEAD_EMOTIONS,
     RAVDESS_EMOTIONS,
@@ -146,6 +147,30 @@ def test_emodb_boredom_is_neutral_and_anxiety_fear_in_german(tmp_path: Path) -> 
     assert {clip.lang for clip in clips.values()} == {"de"}
 
 
+def test_emovo_italian_initials_give_the_family_and_the_speaker_folder_its_gender(tmp_path: Path) -> None:
+    files = [
+        "f1/dis-f1-b1.wav",
+        "m3/gio-m3-n5.wav",
+        "f2/pau-f2-l4.wav",
+        "m1/rab-m1-d2.wav",
+        "f3/sor-f3-b3.wav",
+    ]
+    clips = by_name(corpus_clips("emovo", fake_corpus(tmp_path / "emovo", [*files, "f1/notes-f1.wav"])))
+    assert [clips[Path(f).name].family for f in files] == [
+        "disgust",
+        "happiness",
+        "fear",
+        "anger",
+        "surprise",
+    ]
+    assert (clips["gio-m3-n5.wav"].speaker, clips["gio-m3-n5.wav"].gender) == ("emovo-m3", "m")
+    assert (clips["dis-f1-b1.wav"].speaker, clips["dis-f1-b1.wav"].gender) == ("emovo-f1", "f")
+    assert {clip.split for clip in clips.values()} == {"train"} and {
+        clip.lang for clip in clips.values()
+    } == {"it"}
+    assert len(clips) == len(files)  # notes-f1.wav is not an EMOVO name
+
+
 def test_urdu_is_a_dev_corpus_of_four_families_in_urdu(tmp_path: Path) -> None:
     files = [
         "Angry/SM1_F10_A010.wav",
@@ -178,7 +203,16 @@ def test_crema_d_gender_comes_from_the_corpus_demographics(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    "table", [RAVDESS_EMOTIONS, TESS_EMOTIONS, EMODB_EMOTIONS, URDU_EMOTIONS, CREMA_D_EMOTIONS, MEAD_EMOTIONS]
+    "table",
+    [
+        RAVDESS_EMOTIONS,
+        TESS_EMOTIONS,
+        EMODB_EMOTIONS,
+        EMOVO_EMOTIONS,
+        URDU_EMOTIONS,
+        CREMA_D_EMOTIONS,
+        MEAD_EMOTIONS,
+    ],
 )
 def test_every_corpus_label_is_a_vocabulary_word_with_a_basic_family(table: dict) -> None:
     vocabulary = EmotionVocabulary.load()

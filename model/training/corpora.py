@@ -118,6 +118,19 @@ URDU_EMOTIONS = {
     "S": (("sad",), "sadness"),
 }
 
+# EMOVO (Costantini et al. 2014), Italian: f1/dis-f1-b1.wav = emotion (Italian initials), speaker (f1-f3, m1-m3),
+# sentence (b1-b3, d1-d2, l1-l4, n1-n5: 14 sentences).
+EMOVO_NAME = re.compile(r"([a-z]{3})-([fm][1-9])-([bdln]\d)")
+EMOVO_EMOTIONS: dict[str, Emotion] = {
+    "dis": (("disgusted",), "disgust"),  # disgusto
+    "gio": (("happy",), "happiness"),  # gioia
+    "neu": (("neutral",), "neutral"),
+    "pau": (("fearful",), "fear"),  # paura
+    "rab": (("angry",), "anger"),  # rabbia
+    "sor": (("surprised",), "surprise"),  # sorpresa
+    "tri": (("sad",), "sadness"),  # tristezza
+}
+
 # EmoDB (Burkhardt et al. 2005): 03a01Fa.wav = speaker 03, text a01, emotion F (German initial), version a.
 EMODB_NAME = re.compile(r"(\d\d)([ab]\d\d)([WLEAFTN])([a-z])")
 EMODB_EMOTIONS: dict[str, Emotion] = {
@@ -220,6 +233,33 @@ def read_tess(root: Path) -> list[CorpusClip]:
             CorpusClip(path, labels, family, "tess", f"tess-{speaker}", "f", "en", modality_of(path), "train")
         )
     _warn_skipped(root, "TESS", skipped)
+    return clips
+
+
+def read_emovo(root: Path) -> list[CorpusClip]:
+    """EMOVO clips under `root`; all train (Italian: the voice head hears another language and studio)."""
+    clips, skipped = [], []
+    for path in media_files(root):
+        match = EMOVO_NAME.fullmatch(path.stem.lower())
+        if match is None or match.group(1) not in EMOVO_EMOTIONS:
+            skipped.append(path)
+            continue
+        emotion, speaker, _sentence = match.groups()
+        labels, family = EMOVO_EMOTIONS[emotion]
+        clips.append(
+            CorpusClip(
+                path,
+                labels,
+                family,
+                "emovo",
+                f"emovo-{speaker}",
+                speaker[0],
+                "it",
+                modality_of(path),
+                "train",
+            )
+        )
+    _warn_skipped(root, "EMOVO", skipped)
     return clips
 
 
@@ -335,6 +375,7 @@ READERS: dict[str, Callable[[Path], list[CorpusClip]]] = {
     "ravdess": read_ravdess,
     "tess": read_tess,
     "emodb": read_emodb,
+    "emovo": read_emovo,
     "urdu": read_urdu,
     "crema-d": read_crema_d,
     "mead": read_mead,
@@ -343,6 +384,7 @@ EXAMPLE_NAMES = {
     "ravdess": "Actor_12/03-01-06-01-02-01-12.wav",
     "tess": "OAF_angry/OAF_back_angry.wav",
     "emodb": "wav/03a01Fa.wav",
+    "emovo": "f1/dis-f1-b1.wav",
     "urdu": "Angry/SM1_F10_A010.wav",
     "crema-d": "AudioWAV/1001_DFA_ANG_XX.wav",
     "mead": "M003/video/front/angry/level_2/001.mp4",
