@@ -134,11 +134,9 @@ class FasterWhisperTranscriber:
         `transcribe` does. On a GPU one pass for several costs about what one costs; on a CPU it is no cheaper
         than one after another (bench/bench_asr_window.py)."""
         import ctranslate2
-        from faster_whisper.audio import pad_or_trim
 
         started = time.perf_counter()
-        extract = self._model.feature_extractor
-        encoded = self._encode_window(np.stack([pad_or_trim(extract(pcm)[:, :-1]) for pcm, _ in jobs]))
+        encoded = self._encode_window(np.stack([self._window_features(pcm) for pcm, _ in jobs]))
         device = getattr(encoded, "device", "cpu")
         share = (time.perf_counter() - started) / len(jobs)  # the batch's encoding, shared out
         results = []
@@ -177,10 +175,14 @@ class FasterWhisperTranscriber:
 
     def voice_states(self, pcm: np.ndarray) -> np.ndarray:
         """(2 D,) pooled encoder states of `pcm` without decoding: the same numbers `transcribe` keeps."""
+        return pool_encoder_states(_to_numpy(self._encode_window(self._window_features(pcm))), len(pcm))
+
+    def _window_features(self, pcm: np.ndarray) -> np.ndarray:
+        """(n_mels, 3000) the window faster-whisper's transcribe encodes for `pcm` (< 30 s): its log-mel frames
+        without the last one, padded with zeros."""
         from faster_whisper.audio import pad_or_trim
 
-        features = self._model.feature_extractor(pcm)[:, :-1]  # as transcribe: its last frame is left out
-        return pool_encoder_states(_to_numpy(self._encode_window(pad_or_trim(features))), len(pcm))
+        return pad_or_trim(self._model.feature_extractor(pcm)[:, :-1])
 
 
 WINDOW_FRAMES = 3000  # Whisper's window: 30 s of log-mel frames, 100 a second

@@ -84,12 +84,17 @@ class VoiceFeatureExtractor:
         return len(voice_features(self._transcriber.voice_states(silence), measure_prosody(silence)))
 
 
+def _variant(extractor: VoiceFeatureExtractor | None) -> str:
+    """The cache variant of `extractor`'s features, or of the default extractor's that would be made."""
+    return extractor.variant if extractor is not None else features_variant(AsrSettings())
+
+
 def extract_voice(
     clips: Sequence[Path], cache: Path, extractor: VoiceFeatureExtractor | None = None
 ) -> list[ClipVoice]:
     """Voice features of every clip, from the cache where a clip is unchanged; the cache is rewritten."""
     stored: dict[str, npt.NDArray[np.float32]] = {}
-    variant = extractor.variant if extractor is not None else features_variant(AsrSettings())
+    variant = _variant(extractor)
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as data:
             stored = {key: data[key] for key in data.files}
@@ -117,7 +122,7 @@ def extract_transcripts(
     """What Whisper hears in each utterance the VAD cuts from each clip (as a live call transcribes it), from the
     cache (JSON, keyed as the voice features) where a clip is unchanged; the cache is rewritten."""
     stored: dict[str, list[str]] = json.loads(cache.read_text()) if cache.is_file() else {}
-    variant = extractor.variant if extractor is not None else features_variant(AsrSettings())
+    variant = _variant(extractor)
     result, fresh = [], 0
     for path in tqdm(clips, desc="transcripts", unit="clip", disable=None):
         key = cache_key(path, variant)

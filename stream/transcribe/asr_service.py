@@ -116,10 +116,7 @@ class TranscriptionService:
                 if not done.done():
                     done.set_exception(exc)
                 continue
-            metrics.ASR_COMPUTE.observe(result.seconds)
-            metrics.ASR_AUDIO.inc(len(pcm) / SAMPLE_RATE)
-            seen = self.interim_seconds or result.seconds
-            self.interim_seconds = 0.8 * seen + 0.2 * result.seconds
+            self._account(pcm, result, interim=True)
             if not done.done():
                 done.set_result(result)
 
@@ -159,13 +156,17 @@ class TranscriptionService:
         finally:
             self._running -= len(jobs)
         for (pcm, _, _, done), result in zip(jobs, results, strict=True):
-            metrics.ASR_COMPUTE.observe(result.seconds)
-            if not words:
-                seen = self.interim_seconds or result.seconds
-                self.interim_seconds = 0.8 * seen + 0.2 * result.seconds
-            metrics.ASR_AUDIO.inc(len(pcm) / SAMPLE_RATE)
+            self._account(pcm, result, interim=not words)
             if not done.done():
                 done.set_result(result)
+
+    def _account(self, pcm: np.ndarray, result: Transcript, *, interim: bool) -> None:
+        """Metrics of one transcription done; an interim's compute time also feeds `interim_seconds`."""
+        metrics.ASR_COMPUTE.observe(result.seconds)
+        metrics.ASR_AUDIO.inc(len(pcm) / SAMPLE_RATE)
+        if interim:
+            seen = self.interim_seconds or result.seconds
+            self.interim_seconds = 0.8 * seen + 0.2 * result.seconds
 
     async def close(self) -> None:
         for worker in self._workers:
