@@ -233,6 +233,12 @@ def add_train_heads_command(commands: argparse._SubParsersAction[argparse.Argume
     heads.add_argument(
         "--features", type=Path, help="voice feature cache shared between runs (OUT/voice_features.npz)"
     )
+    heads.add_argument(
+        "--window",
+        choices=("speech", "full"),
+        help="what Whisper's encoder reads (audio.asr.window; default: the server's default): the voice head "
+        "must learn on the window the server will encode",
+    )
     heads.add_argument("--seed", type=int, default=0)
     heads.add_argument("--epochs", type=int, help="passes over the utterances (60)")
     heads.add_argument("--hidden", type=int, help="hidden units of each head (256)")
@@ -260,6 +266,7 @@ def train_heads_command(args: argparse.Namespace) -> int:
             text_cache=args.text_cache,
             faces=args.faces,
             face_cache=args.face_cache,
+            window=args.window,
         )
     except (FileNotFoundError, ManifestError, ValueError) as exc:  # ReservedClipError is a ValueError
         print(f"microemo: {exc}", file=sys.stderr)

@@ -91,7 +91,9 @@ class OfflinePipeline:
         self.settings = settings
         self.vad_model = SileroModel(settings.audio.vad.threads)
         self.transcriber = make_transcriber(settings.audio.asr)
-        self.emotion = EmotionService(settings.emotion) if settings.emotion.enabled else None
+        self.emotion = (
+            EmotionService(settings.emotion, settings.audio.asr.window) if settings.emotion.enabled else None
+        )
 
     async def analyze(
         self,

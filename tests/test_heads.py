@@ -25,6 +25,7 @@ from model.emotion.heads import (
 )
 from model.emotion.text_affect import analyse_text
 from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
+from model.settings import AsrSettings
 from model.training.fit_heads import HeadConfig
 from model.training.train_heads import train_heads
 from tests.harness import run_cli
@@ -82,6 +83,7 @@ def test_training_learns_the_styles_across_speakers(trained: tuple[dict, Path]) 
     assert report["cross_validated"]["voice"]["accuracy"] >= 0.8
     heads = EmotionHeads.load(out / "heads.npz")
     assert heads.name == "heads/1" and heads.face is None
+    assert heads.voice_window == AsrSettings().window  # the encoder window it learned on
     cached = np.load(out / "voice_features.npz")
     rows = np.concatenate([cached[key] for key in cached.files])
     readings = [heads.read_voice(row) for row in rows]
@@ -180,6 +182,24 @@ def test_transcription_keeps_the_encoder_states_the_voice_head_was_trained_on(ti
     assert np.corrcoef(transcript.voice, standalone)[0, 1] > 0.99
 
 
+def test_the_recordings_words_are_kept_with_how_sure_the_recogniser_was(
+    tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fusion learns the recordings' words at their live say, so the cache keeps how sure Whisper was;
+    an entry of an older cache (the text alone) is heard again."""
+    from model.training import voice_features
+    from model.training.feature_cache import cache_key
+
+    clip = tiny_corpus / "en-us-sadness-1.wav"
+    cache = tmp_path / "transcripts.json"
+    cache.write_text(json.dumps({cache_key(clip): ["put the box on the table"]}))
+    [heard] = voice_features.extract_transcripts([clip], cache)
+    assert len(heard) == 1 and "table" in heard[0].text.lower()
+    assert heard[0].sure is not None and 0.0 < heard[0].sure <= 1.0
+    monkeypatch.setattr(voice_features, "VoiceFeatureExtractor", None)  # from the cache now, or a TypeError
+    assert voice_features.extract_transcripts([clip], cache) == [heard]
+
+
 def test_a_smile_reads_as_happiness_by_the_face_head_and_by_the_rules_without_one(
     shipped: EmotionHeads,
 ) -> None:
@@ -215,6 +235,35 @@ def test_a_modality_without_say_counts_as_absent() -> None:
     half = fusion.fuse({"text": angry}, say={"text": 0.5}).families["anger"]
     full = fusion.fuse({"text": angry}).families["anger"]
     assert absent.families["anger"] < half < full
+
+
+def test_the_fusion_learns_the_words_at_the_say_they_have_live() -> None:
+    """Recordings in a language the recogniser does not know: it writes sure-looking sad words for angry
+    speech. Fitted at their live say (none), those words cannot teach the fusion that sad words mean anger."""
+    from model.training.fit_fusion import FusionRows, family_probabilities, fit
+
+    def sure_of(family: str) -> HeadReading:
+        return HeadReading({f: (0.94 if f == family else 0.01) for f in FAMILIES}, 0.0, 0.0)
+
+    n_recorded, n_written = 300, 60
+    families = ["anger"] * n_recorded + ["sadness", "happiness"] * (n_written // 2)
+    rows = FusionRows(
+        {
+            "voice": [sure_of("anger")] * n_recorded + [None] * n_written,
+            "text": [sure_of("sadness")] * n_recorded + [sure_of(f) for f in families[n_recorded:]],
+        },
+        np.array([FAMILIES.index(f) for f in families]),
+        ["recordings"] * n_recorded + ["dialogue"] * n_written,
+        {"text": [0.0] * n_recorded + [1.0] * n_written},
+    )
+    written_sad = FusionRows({"text": [sure_of("sadness")]}, np.array([FAMILIES.index("sadness")]), ["line"])
+    config = HeadConfig(seed=0)
+    anger = FAMILIES.index("anger")
+    as_live = family_probabilities(fit(rows, config), written_sad)[0]
+    assert FAMILIES[int(np.argmax(as_live))] == "sadness" and as_live[anger] < 0.05
+    # what the same rows teach when every word counts: sad words may mean anger
+    in_full = fit(FusionRows(rows.readings, rows.families, rows.sources), config)
+    assert family_probabilities(in_full, written_sad)[0][anger] > 0.1
 
 
 def test_words_the_recogniser_was_unsure_of_have_no_say(shipped: EmotionHeads) -> None:

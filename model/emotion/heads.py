@@ -232,6 +232,11 @@ class EmotionHeads:
     meta: dict[str, Any]  # what they were trained on, with their validation scores
     text: DialogueHeads | None = None
 
+    @property
+    def voice_window(self) -> str:
+        """The Whisper encoder window the voice head learned on (audio.asr.window; heads before it: full)."""
+        return str(self.meta.get("voice_window", "full"))
+
     @classmethod
     def load(cls, path: Path = DEFAULT_HEADS) -> EmotionHeads:
         if not path.is_file():

@@ -12,7 +12,7 @@ expected calibration error of the fused family probabilities, beside accuracy.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -24,40 +24,51 @@ from model.training.fit_heads import HeadConfig, fit_fusion
 
 @dataclass(frozen=True)
 class FusionRows:
-    """N rows of readings: each modality's reading or None where it is absent, the true family, the source."""
+    """N rows of readings: each modality's reading or None where it is absent, the true family, the source, and
+    each reading's say (`Fusion.fuse`; 1 where a modality has none: the words heard by an unsure recogniser
+    count less, in training as live)."""
 
     readings: dict[str, list[HeadReading | None]]  # modality → N readings
     families: npt.NDArray[np.int64]  # (N,) index into FAMILIES
     sources: list[str]  # e.g. "recordings", "meld dev", "faces dev"
+    say: dict[str, list[float]] = field(default_factory=dict)  # modality → N says, 0..1
 
     def __post_init__(self) -> None:
         n = len(self.families)
-        if any(len(rows) != n for rows in self.readings.values()) or len(self.sources) != n:
-            raise ValueError("every modality needs one reading (or None) per row")
+        lengths = [len(rows) for rows in self.readings.values()] + [len(says) for says in self.say.values()]
+        if any(length != n for length in lengths) or len(self.sources) != n:
+            raise ValueError("every modality needs one reading (or None) and say per row")
+
+    def says(self, modality: str) -> list[float]:
+        return self.say.get(modality, [1.0] * len(self.families))
 
     def subset(self, rows: npt.NDArray[np.int64]) -> FusionRows:
         return FusionRows(
             {m: [readings[i] for i in rows] for m, readings in self.readings.items()},
             self.families[rows],
             [self.sources[i] for i in rows],
+            {m: [says[i] for i in rows] for m, says in self.say.items()},
         )
 
     @staticmethod
     def join(parts: Sequence[FusionRows]) -> FusionRows:
         modalities = [m for m in Fusion.MODALITIES if any(m in part.readings for part in parts)]
         readings: dict[str, list[HeadReading | None]] = {m: [] for m in modalities}
+        say: dict[str, list[float]] = {m: [] for m in modalities}
         for part in parts:
             for m in modalities:
                 readings[m] += part.readings.get(m, [None] * len(part.families))
+                say[m] += part.says(m)
         families = np.concatenate([part.families for part in parts]).astype(np.int64)
-        return FusionRows(readings, families, [s for part in parts for s in part.sources])
+        return FusionRows(readings, families, [s for part in parts for s in part.sources], say)
 
 
 def family_probabilities(fusion: Fusion, rows: FusionRows) -> npt.NDArray[np.float64]:
     """(N, 7) fused family probabilities, in FAMILIES order."""
     probs = []
     for i in range(len(rows.families)):
-        reading = fusion.fuse({m: readings[i] for m, readings in rows.readings.items()})
+        say = {m: says[i] for m, says in rows.say.items()}
+        reading = fusion.fuse({m: readings[i] for m, readings in rows.readings.items()}, say)
         probs.append([reading.families[f] for f in FAMILIES])
     return np.array(probs, dtype=np.float64).reshape(-1, len(FAMILIES))
 
@@ -87,7 +98,8 @@ def cross_validated(
     for fold in range(folds):
         held = np.flatnonzero(fold_of == fold)
         kept = np.flatnonzero(fold_of != fold)
-        fusion = fit_fusion(rows.subset(kept).readings, rows.families[kept], config)
+        train = rows.subset(kept)
+        fusion = fit_fusion(train.readings, train.families, config, say=train.say)
         probs[held] = family_probabilities(fusion, rows.subset(held))
     return {"all": _calibration(probs, rows.families)} | {
         source: _calibration(probs[mask], rows.families[mask])
@@ -97,7 +109,7 @@ def cross_validated(
 
 
 def fit(rows: FusionRows, config: HeadConfig) -> Fusion:
-    return fit_fusion(rows.readings, rows.families, config)
+    return fit_fusion(rows.readings, rows.families, config, say=rows.say)
 
 
 def _calibration(probs: npt.NDArray[np.float64], truth: npt.NDArray[np.int64]) -> dict[str, float | int]:

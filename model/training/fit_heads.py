@@ -111,8 +111,10 @@ def fit_fusion(
     families: npt.NDArray[np.int64],
     config: HeadConfig,
     steps: int = 500,
+    say: Mapping[str, Sequence[float]] | None = None,
 ) -> Fusion:
-    """bias + Σ (scale_m · gate_m · log p_m + shift_m) over the readings present (Fusion), with modality dropout."""
+    """bias + Σ say_m · (scale_m · gate_m · log p_m + shift_m) over the readings present (Fusion), with modality
+    dropout; `say` (per modality, one per row, default 1) as `Fusion.fuse` takes it live."""
     _seed(config.seed)
     n = len(families)
     k = len(FAMILIES)
@@ -125,7 +127,10 @@ def fit_fusion(
         logp[modality] = torch.tensor(
             np.stack([r.log_probs if r is not None else np.zeros(k) for r in rows]), dtype=torch.float32
         )
-        present[modality] = torch.tensor([r is not None for r in rows], dtype=torch.float32)
+        says = (say or {}).get(modality, [1.0] * n)
+        present[modality] = torch.tensor(
+            [float(r is not None) * w for r, w in zip(rows, says, strict=True)], dtype=torch.float32
+        )
         gate[modality] = torch.tensor(
             [Fusion.gate(modality, r) if r is not None else 1.0 for r in rows], dtype=torch.float32
         )

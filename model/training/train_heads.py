@@ -13,14 +13,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from model.emotion.dialogue import DialogueHeads
-from model.emotion.heads import HeadReading, Mlp, save_heads
+from model.emotion.heads import HeadReading, Mlp, save_heads, words_say
 from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
+from model.settings import AsrSettings
 from model.training import fit_face, fit_text
 from model.training.corpora import withheld
 from model.training.evaluation import LabelledClip, family_of, load_manifest
@@ -34,7 +35,13 @@ from model.training.fit_heads import (
 )
 from model.training.fit_text import Corpus, load_corpus
 from model.training.text_embeddings import EmbeddingCache
-from model.training.voice_features import ClipVoice, extract_transcripts, extract_voice
+from model.training.voice_features import (
+    ClipVoice,
+    Heard,
+    VoiceFeatureExtractor,
+    extract_transcripts,
+    extract_voice,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,7 @@ def train_heads(
     text_cache: Path | None = None,
     faces: Sequence[Path] = (),
     face_cache: Path | None = None,
+    window: Literal["speech", "full"] | None = None,
 ) -> dict[str, Any]:
     """Trains the heads; writes OUT/heads.npz and OUT/report.json.
 
@@ -76,30 +84,37 @@ def train_heads(
     faces: image manifests (model/training/face_corpora.py; train, dev and test splits): the face head is
     chosen on dev and trained on train (model/training/fit_face.py); the fusion learns from the dev faces.
     `features`: the voice feature cache (default OUT/voice_features.npz); `text_cache`: MiniLM embeddings;
-    `face_cache`: the stills' faces."""
+    `face_cache`: the stills' faces. `window`: what Whisper's encoder reads (audio.asr.window; None: the
+    default), so the voice head learns on the states the server will compute."""
     clips = [c for c in training_clips(manifests) if c.clip is not None]
     paths = [c.clip for c in clips if c.clip is not None]
-    voice_data = utterances_heard(clips, extract_voice(paths, features or out / "voice_features.npz"))
+    asr = AsrSettings() if window is None else AsrSettings(window=window)
+    extractor = VoiceFeatureExtractor(asr=asr)
+    voice_data = utterances_heard(
+        clips, extract_voice(paths, features or out / "voice_features.npz", extractor)
+    )
     data = voice_data.features
     log.info("training on %d utterances of %d speakers", len(data.families), len(set(data.speakers)))
     readings = out_of_fold_readings(data, config)
     voice = train_mlp(data, config)
     recordings: dict[str, list[HeadReading | None]] = {"voice": list(readings)}
     parts: list[FusionRows] = []
+    words_said: list[float] = []
     text_arrays, text_meta, text_report = None, None, None
     if text:
         cache = EmbeddingCache(text_cache or out / "minilm_texts.npz")
         corpus = load_corpus(text, cache)
         text_arrays, text_meta, text_report = fit_text.train(corpus)
         words = DialogueHeads.from_arrays(text_arrays, text_meta, "training")
-        heard_words = extract_transcripts(paths, out / "transcripts.json")
-        recordings["text"] = recording_words(words, cache, heard_words, voice_data.owners)
+        heard_words = extract_transcripts(paths, out / "transcripts.json", extractor)
+        recordings["text"], words_said = recording_words(words, cache, heard_words, voice_data.owners)
         parts.append(dialogue_rows(words, corpus))
     face_head, face_meta = None, None
     if faces:
         face_head, face_meta, face_part = train_face_head(faces, face_cache or out / "face_stills.npz")
         parts.append(face_part)
-    parts.insert(0, FusionRows(recordings, data.families, ["recordings"] * len(data.families)))
+    said = {"text": words_said} if text else {}
+    parts.insert(0, FusionRows(recordings, data.families, ["recordings"] * len(data.families), said))
     fusion_rows = FusionRows.join(parts)
     fusion = fit(fusion_rows, config)
     predicted = np.array([int(np.argmax(r.log_probs)) for r in readings])
@@ -107,6 +122,7 @@ def train_heads(
         "name": f"heads/{2 if text or faces else 1}",
         "families": list(FAMILIES),
         "voice_features": int(data.features.shape[1]),
+        "voice_window": asr.window,  # the encoder window the voice head learned on (audio.asr.window)
         "face": face_meta,  # None without face manifests: the rules' face vote stands in
         "config": asdict(config),
         "trained_on": {
@@ -187,23 +203,27 @@ def utterances_heard(clips: Sequence[LabelledClip], heard: Sequence[ClipVoice]) 
 
 
 def recording_words(
-    words: DialogueHeads, cache: EmbeddingCache, heard: Sequence[Sequence[str]], owners: Sequence[int]
-) -> list[HeadReading | None]:
-    """What the words of each recorded utterance say (as a call's first utterance: no dialogue before it);
-    None where Whisper heard no words, or cut the clip otherwise than the voice features did."""
-    said: list[str] = []
+    words: DialogueHeads, cache: EmbeddingCache, heard: Sequence[Sequence[Heard]], owners: Sequence[int]
+) -> tuple[list[HeadReading | None], list[float]]:
+    """What the words of each recorded utterance say (as a call's first utterance: no dialogue before it), and
+    their say (`words_say` of how sure Whisper was, as live: English-looking words written for another language
+    count little); None where Whisper heard no words, or cut the clip otherwise than the voice features did."""
+    said: list[Heard] = []
     seen: dict[int, int] = {}
     for owner in owners:
         n = seen.get(owner, 0)
         seen[owner] = n + 1
         texts = heard[owner]
-        said.append(texts[n].strip() if n < len(texts) else "")
-    spoken = sorted({text for text in said if text})
+        said.append(Heard(texts[n].text.strip(), texts[n].sure) if n < len(texts) else Heard("", None))
+    spoken = sorted({h.text for h in said if h.text})
     embeddings = dict(zip(spoken, cache.embed(spoken), strict=True)) if spoken else {}
-    return [
-        reading(words.conversation().add("speaker", embeddings[text]).contextual.families) if text else None
-        for text in said
+    readings = [
+        reading(words.conversation().add("speaker", embeddings[h.text]).contextual.families)
+        if h.text
+        else None
+        for h in said
     ]
+    return readings, [words_say(h.sure) if h.text else 1.0 for h in said]
 
 
 def dialogue_rows(words: DialogueHeads, corpus: Corpus) -> FusionRows:

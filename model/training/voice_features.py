@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -116,27 +117,35 @@ def extract_voice(
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """What Whisper heard in one utterance, and how sure it was (`Transcript.heard`; None: no tokens)."""
+
+    text: str
+    sure: float | None
+
+
 def extract_transcripts(
     clips: Sequence[Path], cache: Path, extractor: VoiceFeatureExtractor | None = None
-) -> list[list[str]]:
-    """What Whisper hears in each utterance the VAD cuts from each clip (as a live call transcribes it), from the
-    cache (JSON, keyed as the voice features) where a clip is unchanged; the cache is rewritten."""
-    stored: dict[str, list[str]] = json.loads(cache.read_text()) if cache.is_file() else {}
+) -> list[list[Heard]]:
+    """What Whisper hears in each utterance the VAD cuts from each clip (as a live call transcribes it), and how
+    sure it was, from the cache (JSON, keyed as the voice features) where a clip is unchanged; the cache is
+    rewritten. An entry of an older cache (the text alone) is heard again."""
+    stored: dict[str, list[dict[str, Any]]] = json.loads(cache.read_text()) if cache.is_file() else {}
     variant = _variant(extractor)
     result, fresh = [], 0
     for path in tqdm(clips, desc="transcripts", unit="clip", disable=None):
         key = cache_key(path, variant)
-        if key not in stored:
+        if not all(isinstance(entry, dict) for entry in stored.get(key, [None])):
             extractor = extractor or VoiceFeatureExtractor()
             pcm = _decode(path)
             transcriber = extractor.transcriber
-            stored[key] = [
-                transcriber.transcribe(u.pcm, 0.0, words=False).text for u in extractor.utterances(pcm)
-            ]
+            transcripts = [transcriber.transcribe(u.pcm, 0.0, words=False) for u in extractor.utterances(pcm)]
+            stored[key] = [{"text": t.text, "sure": t.heard} for t in transcripts]
             fresh += 1
             if fresh % SAVE_EVERY == 0:
                 _save_json(cache, stored)
-        result.append(stored[key])
+        result.append([Heard(entry["text"], entry["sure"]) for entry in stored[key]])
     if fresh:
         _save_json(cache, stored)
     return result
@@ -148,7 +157,7 @@ def _decode(path: Path) -> npt.NDArray[np.float32]:
     return decode_audio(str(path), sampling_rate=SAMPLE_RATE).astype(np.float32)
 
 
-def _save_json(cache: Path, stored: dict[str, list[str]]) -> None:
+def _save_json(cache: Path, stored: dict[str, list[dict[str, Any]]]) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.stem + ".partial.json")
     tmp.write_text(json.dumps(stored))

@@ -40,7 +40,9 @@ MAX_CONVERSATIONS = 1024  # calls whose conversation is kept; the least recently
 class EmotionService:
     """Loads the clue models once (MiniLM, FER, the vocabulary); each utterance runs in one worker thread."""
 
-    def __init__(self, settings: EmotionSettings) -> None:
+    def __init__(self, settings: EmotionSettings, voice_window: str | None = None) -> None:
+        """voice_window: the encoder window the server's Whisper reads (audio.asr.window), which the voice head
+        should have learned on."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the shipped models are local; never reach for a hub
         self.settings = settings
         self._sentences = SentenceEncoder(settings.sentence_model)
@@ -58,6 +60,16 @@ class EmotionService:
             else FastEstimator(self.vocabulary, **options)
         )
         self._text_heads: DialogueHeads | None = self.heads.text if self.heads is not None else None
+        heads = self.heads
+        if heads is not None and voice_window is not None and heads.voice_window != voice_window:
+            log.warning(
+                "emotion.heads %s: its voice head learned on Whisper's %s window, the server encodes the %s "
+                "window (audio.asr.window): the voice reads worse (train one: microemo train-heads --window %s)",
+                heads.name,
+                heads.voice_window,
+                voice_window,
+                voice_window,
+            )
         # each call's conversation so far (the words' context), least recently used first
         self._conversations: OrderedDict[str, ConversationContext] = OrderedDict()
         self._conversations_lock = threading.Lock()

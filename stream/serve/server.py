@@ -704,7 +704,9 @@ def create_app(
             services.hub.add_sink(services.mqtt.offer)
             services.mqtt.start()
         if settings.emotion.enabled:
-            services.emotion = await loop.run_in_executor(None, EmotionService, settings.emotion)
+            services.emotion = await loop.run_in_executor(
+                None, EmotionService, settings.emotion, settings.audio.asr.window
+            )
         app[SERVICES] = services
         # The models are millions of objects that never become garbage; frozen, the collector's full passes skip
         # them. Measured under load at 4 calls: a full pass held the GIL, and so the event loop, for 360-390 ms.
