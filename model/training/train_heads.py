@@ -98,8 +98,8 @@ def train_heads(
     readings = out_of_fold_readings(data, config)
     voice = train_mlp(data, config)
     recordings: dict[str, list[HeadReading | None]] = {"voice": list(readings)}
+    said: dict[str, list[float]] = {}  # the words' say in each recording's row (Fusion.fuse)
     parts: list[FusionRows] = []
-    words_said: list[float] = []
     text_arrays, text_meta, text_report = None, None, None
     if text:
         cache = EmbeddingCache(text_cache or out / "minilm_texts.npz")
@@ -107,13 +107,12 @@ def train_heads(
         text_arrays, text_meta, text_report = fit_text.train(corpus)
         words = DialogueHeads.from_arrays(text_arrays, text_meta, "training")
         heard_words = extract_transcripts(paths, out / "transcripts.json", extractor)
-        recordings["text"], words_said = recording_words(words, cache, heard_words, voice_data.owners)
+        recordings["text"], said["text"] = recording_words(words, cache, heard_words, voice_data.owners)
         parts.append(dialogue_rows(words, corpus))
     face_head, face_meta = None, None
     if faces:
         face_head, face_meta, face_part = train_face_head(faces, face_cache or out / "face_stills.npz")
         parts.append(face_part)
-    said = {"text": words_said} if text else {}
     parts.insert(0, FusionRows(recordings, data.families, ["recordings"] * len(data.families), said))
     fusion_rows = FusionRows.join(parts)
     fusion = fit(fusion_rows, config)

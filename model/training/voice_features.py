@@ -48,12 +48,21 @@ def features_variant(asr: AsrSettings) -> str:
 
 
 class VoiceFeatureExtractor:
+    """The live VAD, segmenter and Whisper encoder over clips; the models load at their first use, so a run whose
+    features are all cached loads none."""
+
     def __init__(self, vad: VadSettings | None = None, asr: AsrSettings | None = None) -> None:
         self._vad_settings = vad or VadSettings()
-        self._vad = SileroModel(threads=1)
-        asr = asr or AsrSettings()
-        self._transcriber = FasterWhisperTranscriber(asr)
-        self.variant = features_variant(asr)
+        self._asr = asr or AsrSettings()
+        self.variant = features_variant(self._asr)
+
+    @cached_property
+    def _vad(self) -> SileroModel:
+        return SileroModel(threads=1)
+
+    @cached_property
+    def _transcriber(self) -> FasterWhisperTranscriber:
+        return FasterWhisperTranscriber(self._asr)
 
     def utterances(self, pcm: npt.NDArray[np.float32]) -> list[ClosedUtterance]:
         """The utterances a live call would close from this audio (the end of the clip closes the last)."""
