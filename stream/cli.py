@@ -222,6 +222,11 @@ def add_train_heads_command(commands: argparse._SubParsersAction[argparse.Argume
     )
     heads.add_argument("--text-cache", type=Path, help="MiniLM embeddings cache (OUT/minilm_texts.npz)")
     heads.add_argument(
+        "--text-heads",
+        type=Path,
+        help="keep the words' heads of this heads file instead of training them again (with --text)",
+    )
+    heads.add_argument(
         "--faces",
         type=Path,
         nargs="+",
@@ -267,6 +272,7 @@ def train_heads_command(args: argparse.Namespace) -> int:
             faces=args.faces,
             face_cache=args.face_cache,
             window=args.window,
+            text_heads=args.text_heads,
         )
     except (FileNotFoundError, ManifestError, ValueError) as exc:  # ReservedClipError is a ValueError
         print(f"microemo: {exc}", file=sys.stderr)

@@ -286,3 +286,47 @@ def test_words_the_recogniser_was_unsure_of_have_no_say(shipped: EmotionHeads) -
     assert max(sure[0], key=sure[0].__getitem__) == "happiness" and sure[1] > unheard[1]
     assert unsure == unheard  # the same reading as no words at all
     assert read(None) == sure  # a written line counts as surely heard
+
+
+def test_kept_words_heads_are_the_files_own_and_the_fusion_learns_the_words(
+    tiny_corpus: Path, trained: tuple[dict, Path], tmp_path: Path
+) -> None:
+    """--text-heads: a retrain of the voice and the fusion keeps the words' heads of a file byte for byte (the
+    dialogue manifests then only give the fusion its rows of words alone)."""
+    _, first = trained
+    said = {
+        "anger": ["Get out of my room right now!", "I am so angry at you.", "Stop yelling at me!"],
+        "sadness": ["I miss her so much.", "Nobody came to my party.", "I lost my job today."],
+    }
+    lines = [
+        {"text": text, "family": family, "labels": [family], "sentiment": -1, "dialogue": f"meld-dev-{i}",
+         "turn": 0, "speaker": "Ross", "dataset": "meld", "modality": "text", "split": "dev"}
+        for family, texts in said.items() for i, text in enumerate(texts)
+    ]  # fmt: skip
+    dialogue = tmp_path / "dialogue.jsonl"
+    dialogue.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    report = train_heads(
+        [tiny_corpus / "train.jsonl"],
+        out,
+        HeadConfig(epochs=40, folds=2),
+        features=first / "voice_features.npz",
+        text=[dialogue],
+        text_cache=tmp_path / "minilm.npz",
+        text_heads=DEFAULT_HEADS,
+    )
+    shipped, retrained = np.load(DEFAULT_HEADS), np.load(out / "heads.npz")
+    words = [key for key in shipped.files if key.split(".")[0] in ("text", "context", "fine")]
+    assert len(words) > 10 and set(words) <= set(retrained.files)
+    for key in words:
+        assert np.array_equal(shipped[key], retrained[key]), key
+    assert report["text"] == json.loads(str(shipped["meta"]))["text"]
+    heads = EmotionHeads.load(out / "heads.npz")
+    assert heads.name == "heads/2" and heads.text is not None and "text" in heads.fusion.modalities
+    assert report["trained_on"]["fusion_rows"] == {"recordings": 12, "meld dev": 6}
+    # without dialogue manifests there is nothing for the kept heads to do: a clear error, not a silent heads/1
+    result = run_cli(
+        "train-heads", str(tiny_corpus / "train.jsonl"), "--text-heads", str(DEFAULT_HEADS),
+        "--out", str(tmp_path / "none"),
+    )  # fmt: skip
+    assert result.returncode == 2 and "--text" in result.stderr

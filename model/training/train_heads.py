@@ -74,6 +74,7 @@ def train_heads(
     faces: Sequence[Path] = (),
     face_cache: Path | None = None,
     window: Literal["speech", "full"] | None = None,
+    text_heads: Path | None = None,
 ) -> dict[str, Any]:
     """Trains the heads; writes OUT/heads.npz and OUT/report.json.
 
@@ -85,7 +86,13 @@ def train_heads(
     chosen on dev and trained on train (model/training/fit_face.py); the fusion learns from the dev faces.
     `features`: the voice feature cache (default OUT/voice_features.npz); `text_cache`: MiniLM embeddings;
     `face_cache`: the stills' faces. `window`: what Whisper's encoder reads (audio.asr.window; None: the
-    default), so the voice head learns on the states the server will compute."""
+    default), so the voice head learns on the states the server will compute. `text_heads`: a heads file whose
+    words' heads are kept as they are, not trained again (the text manifests then only give the fusion its
+    dialogue rows): a retrain of the voice or the fusion leaves the words' reading of every line unchanged."""
+    if text_heads is not None and not text:
+        raise ValueError(
+            "--text-heads keeps the words' heads of a file: give the dialogue manifests (--text)"
+        )
     clips = [c for c in training_clips(manifests) if c.clip is not None]
     paths = [c.clip for c in clips if c.clip is not None]
     asr = AsrSettings() if window is None else AsrSettings(window=window)
@@ -104,7 +111,11 @@ def train_heads(
     if text:
         cache = EmbeddingCache(text_cache or out / "minilm_texts.npz")
         corpus = load_corpus(text, cache)
-        text_arrays, text_meta, text_report = fit_text.train(corpus)
+        if text_heads is None:
+            text_arrays, text_meta, text_report = fit_text.train(corpus)
+        else:
+            text_arrays, text_meta = words_heads_of(text_heads)
+            text_report = {"kept_from": str(text_heads)}
         words = DialogueHeads.from_arrays(text_arrays, text_meta, "training")
         heard_words = extract_transcripts(paths, out / "transcripts.json", extractor)
         recordings["text"], said["text"] = recording_words(words, cache, heard_words, voice_data.owners)
@@ -150,6 +161,21 @@ def train_heads(
     report = {**meta, "text_training": text_report}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     return meta
+
+
+def words_heads_of(path: Path) -> tuple[dict[str, npt.NDArray[np.float32]], dict[str, Any]]:
+    """The words' heads of a heads file (text head, context model, fine labels): their arrays and meta."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--text-heads: no heads file at {path}")
+    with np.load(path, allow_pickle=False) as stored:
+        meta = json.loads(str(stored["meta"]))
+        arrays = {key: stored[key] for key in stored.files if key.split(".")[0] in WORDS_PARTS}
+    if "text" not in meta or "text.mean" not in arrays:
+        raise ValueError(f"--text-heads: {path} holds no words' heads (heads/1?)")
+    return arrays, meta["text"]
+
+
+WORDS_PARTS = ("text", "context", "fine")  # the arrays' prefixes of DialogueHeads
 
 
 @dataclass(frozen=True)
