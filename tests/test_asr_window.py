@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from model.audio.whisper import (
+    SPEECH_MIN_FRAMES,
     SPEECH_PAD_FRAMES,
     WINDOW_FRAMES,
     FasterWhisperTranscriber,
@@ -29,10 +30,15 @@ LONG = (
 
 def test_speech_frames_end_half_a_second_after_the_last_frame_that_is_not_padding() -> None:
     features = np.zeros((80, WINDOW_FRAMES), np.float32)
-    features[:, :301] = -0.5  # 3.01 s of speech, then faster-whisper's zero padding
-    assert speech_frames(features) == 301 + SPEECH_PAD_FRAMES + 1  # even: the encoder halves the frames
-    features[3, 1000] = 0.2  # one band of one frame is enough to count as heard
-    assert speech_frames(features) == 1000 + 1 + SPEECH_PAD_FRAMES + 1
+    features[:, :1301] = -0.5  # 13.01 s of speech, then faster-whisper's zero padding
+    assert speech_frames(features) == 1301 + SPEECH_PAD_FRAMES + 1  # even: the encoder halves the frames
+    features[3, 2000] = 0.2  # one band of one frame is enough to count as heard
+    assert speech_frames(features) == 2000 + 1 + SPEECH_PAD_FRAMES + 1
+    # short speech: at least 10 s is encoded, so the speech's states see silence after them as in a full window
+    assert SPEECH_MIN_FRAMES == 1000
+    assert speech_frames(np.full((80, WINDOW_FRAMES), 0.0, np.float32)) == SPEECH_MIN_FRAMES
+    features[:, 301:] = 0.0
+    assert speech_frames(features) == SPEECH_MIN_FRAMES
     assert speech_frames(np.ones((80, WINDOW_FRAMES), np.float32)) == WINDOW_FRAMES
     assert speech_frames(features[None]) == speech_frames(features)  # a batch of one, as faster-whisper sends
 
@@ -70,7 +76,12 @@ def test_the_encoder_reads_the_speech_not_the_30_s_window(
         heard = speech.transcribe(pcm, t_offset=5.0)
         full.transcribe(pcm, t_offset=5.0)
         assert read_full == [WINDOW_FRAMES]
-        assert len(read_speech) == 1 and frames <= read_speech[0] <= frames + SPEECH_PAD_FRAMES + 2
+        assert len(read_speech) == 1 and read_speech[0] < WINDOW_FRAMES
+        assert (
+            max(frames, SPEECH_MIN_FRAMES)
+            <= read_speech[0]
+            <= max(frames + SPEECH_PAD_FRAMES + 2, SPEECH_MIN_FRAMES)
+        )
         # the words, with their times inside the utterance, in order
         assert word_error_rate(normalise(text), normalise(heard.text)) <= 0.15, heard.text
         starts = [w.start for w in heard.words]
@@ -118,7 +129,7 @@ def test_a_batch_is_encoded_in_one_pass_and_each_transcribed_as_alone(
 
 def speech_frames_after(frames: int) -> int:
     pad = frames + SPEECH_PAD_FRAMES
-    return pad + pad % 2
+    return max(SPEECH_MIN_FRAMES, pad + pad % 2)
 
 
 def test_training_features_are_cached_per_encoder_window(tmp_path: Path) -> None:
@@ -131,3 +142,4 @@ def test_training_features_are_cached_per_encoder_window(tmp_path: Path) -> None
     full, speech = (features_variant(AsrSettings(window=w)) for w in ("full", "speech"))
     assert cache_key(clip, full) == cache_key(clip)  # the caches written before the option stay valid
     assert cache_key(clip, speech) != cache_key(clip, full)
+    assert speech == f"window=speech,min={SPEECH_MIN_FRAMES}"  # a cache made before the floor is not reused

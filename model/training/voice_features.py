@@ -23,7 +23,7 @@ from tqdm import tqdm
 from model.audio.prosody import measure_prosody
 from model.audio.segmenter import ClosedUtterance, Segmenter
 from model.audio.vad import PcmChunk, SileroModel
-from model.audio.whisper import FasterWhisperTranscriber
+from model.audio.whisper import SPEECH_MIN_FRAMES, FasterWhisperTranscriber
 from model.emotion.heads import voice_features
 from model.settings import AsrSettings, VadSettings
 from model.training.feature_cache import cache_key, save_arrays
@@ -42,9 +42,9 @@ class ClipVoice:
 
 
 def features_variant(asr: AsrSettings) -> str:
-    """What the cached features of a clip depend on besides the clip: the encoder window (the full window's
-    features came first, so their keys have no variant)."""
-    return "" if asr.window == "full" else f"window={asr.window}"
+    """What the cached features of a clip depend on besides the clip: the encoder window and, for the speech window,
+    its floor (the full window's features came first, so their keys have no variant)."""
+    return "" if asr.window == "full" else f"window={asr.window},min={SPEECH_MIN_FRAMES}"
 
 
 class VoiceFeatureExtractor:
