@@ -107,9 +107,9 @@ class FasterWhisperTranscriber:
         faster-whisper → encoder states (B, 1500, D).
 
         In the speech window only the speech and SPEECH_PAD_FRAMES after it, at least SPEECH_MIN_FRAMES, are
-        encoded (a batch: after its longest), and the states of a window of silence, encoded once, fill the positions after them. Whisper's
-        decoder still sees the 30 s of states it was trained on (the states of the speech alone, cut short,
-        lose words on real speech: ASR_OPTIONS.md), at a cost that follows the speech."""
+        encoded (a batch: after its longest), and the states of a window of silence, encoded once, fill the
+        positions after them. Whisper's decoder still sees the 30 s of states it was trained on (the states of the
+        speech alone, cut short, lose words on real speech: ASR_OPTIONS.md), at a cost that follows the speech."""
         batch = features.reshape(-1, *features.shape[-2:])
         blank = self._blank
         frames = WINDOW_FRAMES if blank is None else max(speech_frames(window) for window in batch)
