@@ -58,10 +58,11 @@ class AsrSettings(Section):
     # interim costs ~19 ms of CPU per second of speech; same: the backend above, only when it is idle.
     interim_backend: Literal["moonshine", "same"] = "moonshine"
     interim_threads: int = Field(1, ge=1)  # moonshine's onnxruntime threads
-    # What Whisper's encoder reads. speech: the utterance plus half a second, the rest of the 30 s window taken
-    # from a window of silence encoded once (cost follows the speech; model/audio/whisper.py); full: the 30 s
-    # window every time, as Whisper was trained (the cost of 30 s for any utterance)
-    window: Literal["speech", "full"] = "full"
+    # What Whisper's encoder reads. speech: the utterance plus half a second, at least 10 s, the rest of the 30 s
+    # window taken from a window of silence encoded once (cost follows the speech; model/audio/whisper.py); full:
+    # the 30 s window every time, as Whisper was trained (the cost of 30 s for any utterance). The heads file's
+    # voice head must have learned on the same window (`microemo train-heads --window`)
+    window: Literal["speech", "full"] = "speech"
 
 
 class MicroSettings(Section):

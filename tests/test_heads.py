@@ -143,6 +143,8 @@ def test_shipped_heads_are_small_and_say_what_they_were_trained_on(shipped: Emot
     trained_on = shipped.meta["trained_on"]
     assert trained_on["utterances"] >= 900 and "ravdess" in trained_on["by_dataset"]
     assert set(shipped.meta["families"]) == set(FAMILIES)
+    # the voice head learned on the encoder window the server uses by default (audio.asr.window)
+    assert shipped.voice_window == AsrSettings().window
 
 
 def test_the_estimator_reads_the_voice_and_ranks_open_vocabulary_labels(
