@@ -13,6 +13,7 @@ import pytest
 
 from model.audio.prosody import measure_prosody
 from model.emotion.clues import AudioClues, Clues, TextClues
+from model.emotion.dialogue import ARRAY_PREFIXES
 from model.emotion.estimator import HeadsEstimator
 from model.emotion.heads import (
     DEFAULT_HEADS,
@@ -318,7 +319,7 @@ def test_kept_words_heads_are_the_files_own_and_the_fusion_learns_the_words(
         text_heads=DEFAULT_HEADS,
     )
     shipped, retrained = np.load(DEFAULT_HEADS), np.load(out / "heads.npz")
-    words = [key for key in shipped.files if key.split(".")[0] in ("text", "context", "fine")]
+    words = [key for key in shipped.files if key.split(".")[0] in ARRAY_PREFIXES]
     assert len(words) > 10 and set(words) <= set(retrained.files)
     for key in words:
         assert np.array_equal(shipped[key], retrained[key]), key

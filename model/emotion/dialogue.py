@@ -31,6 +31,8 @@ from model.emotion.vocabulary import DATA_DIR, FAMILIES
 DEFAULT_TEXT_HEADS = DATA_DIR / "heads" / "heads-2.npz"  # the words' heads ship inside heads/2
 VALENCE_CLASSES = ("negative", "neutral", "positive")
 EMBEDDING_DIM = 384
+# The prefixes of the words' heads' arrays (TextHead, ContextModel, FineLabels), alone or inside a heads file
+ARRAY_PREFIXES = ("text", "context", "fine")
 
 Array = npt.NDArray[np.float32]
 

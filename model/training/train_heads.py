@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from model.emotion.dialogue import DialogueHeads
+from model.emotion.dialogue import ARRAY_PREFIXES, DialogueHeads
 from model.emotion.heads import HeadReading, Mlp, save_heads, words_say
 from model.emotion.vocabulary import FAMILIES, EmotionVocabulary
 from model.settings import AsrSettings
@@ -169,13 +169,10 @@ def words_heads_of(path: Path) -> tuple[dict[str, npt.NDArray[np.float32]], dict
         raise FileNotFoundError(f"--text-heads: no heads file at {path}")
     with np.load(path, allow_pickle=False) as stored:
         meta = json.loads(str(stored["meta"]))
-        arrays = {key: stored[key] for key in stored.files if key.split(".")[0] in WORDS_PARTS}
+        arrays = {key: stored[key] for key in stored.files if key.split(".")[0] in ARRAY_PREFIXES}
     if "text" not in meta or "text.mean" not in arrays:
         raise ValueError(f"--text-heads: {path} holds no words' heads (heads/1?)")
     return arrays, meta["text"]
-
-
-WORDS_PARTS = ("text", "context", "fine")  # the arrays' prefixes of DialogueHeads
 
 
 @dataclass(frozen=True)
